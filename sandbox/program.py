@@ -1,0 +1,274 @@
+"""How a model-written block becomes a program, and how its failure is reported.
+
+This is the seed's code preparation (the AIMO Progress Prize 1 winning
+notebook's `PythonREPL`), as pure functions. The module is stdlib-only on
+purpose: it is also the session driver (run as `python3 -u -c <this file's
+source> <cap>`, see `SESSION_DRIVER`), so it must run in any interpreter that
+executes model code, e.g. inside a container with nothing but python3,
+numpy and sympy.
+
+The seed, for each block:
+
+    query = "import math\\nimport numpy as np\\nimport sympy as sp\\n" + query
+    query = query.strip().split("\\n")
+    if "print(" not in query[-1]:
+        if "#" in query[-1]:
+            query[-1] = query[-1].split("#")[0]
+        query[-1] = "print(" + query[-1] + ")"
+    query = "\\n".join(query)
+
+then runs it with `python3 tmp.py` and, on failure, trims the traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+
+PREAMBLE = "import math\nimport numpy as np\nimport sympy as sp\n"
+PREAMBLE_LINES = PREAMBLE.count("\n")
+
+# The file name of session blocks in tracebacks (every block gets its own
+# linecache entry "<block-N>"; the driver renames them all to this before
+# trimming, so a frame from a function defined in an earlier block is kept).
+SESSION_FILENAME = "<block>"
+
+
+def with_auto_print(code: str) -> str:
+    """Print the value of the block's last line, as the seed does, without breaking valid code.
+
+    The seed wraps the last line in `print(...)` whenever that line does not
+    contain "print(" (cutting a trailing comment first), so a block ending in
+    an expression shows its value like a notebook cell. Done textually it
+    breaks valid code: `x = 1` becomes `print(x = 1)` (a TypeError), a last
+    line inside a block (`    return x`, `    total += i`) becomes an
+    IndentationError or SyntaxError, `import x`, `pass`, `for ...:`... a
+    SyntaxError, `a; b` becomes `print(a; b)`, the closing line of a
+    multi-line call becomes `print(    2))`, and `"#"` inside a string gets
+    cut. Each of those turns a block that would have run into an error fed
+    back to the model.
+
+    Deviation: we decide with `ast`. We wrap only when the last top-level
+    statement is an expression statement that ends on the last line (trailing
+    whitespace ignored, as the seed's `strip()` does), and wrap exactly that
+    expression (by its column offsets, so a trailing comment, `a; b` and a
+    multi-line expression all stay valid). We do not wrap when the last line
+    is comment-only, when the statement is not an expression (assignment,
+    import, def, for, if, return, pass...), when it is already a `print(...)`
+    call, or when the last line contains "print(" at all (the seed's own
+    rule: `[print(i) for i in r]` is not wrapped, so no extra `[None, ...]`).
+    Code that does not parse is returned unchanged, so Python reports the
+    SyntaxError itself. In every case where the seed's rewrite was valid
+    Python, the result prints the same thing; that includes a bare tuple,
+    `a, b` -> `print(a, b)`, which prints "1 2" rather than "(1, 2)".
+    """
+    code = code.replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        tree = ast.parse(code)
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError...
+        return code
+    if not tree.body:
+        return code
+    last = tree.body[-1]
+    lines = code.split("\n")
+    last_line_no = len(code.rstrip().split("\n"))  # 1-based, trailing blanks ignored
+    if not isinstance(last, ast.Expr) or last.end_lineno != last_line_no:
+        return code
+    value = last.value
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "print":
+        return code
+    if "print(" in lines[last_line_no - 1]:
+        return code
+
+    # Column offsets are UTF-8 byte offsets: convert to str indices.
+    def to_index(line: str, byte_offset: int) -> int:
+        return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="ignore"))
+
+    start_line, end_line = last.lineno - 1, last.end_lineno - 1
+    end = to_index(lines[end_line], last.end_col_offset)
+    lines[end_line] = lines[end_line][:end] + ")" + lines[end_line][end:]
+    start = to_index(lines[start_line], last.col_offset)
+    lines[start_line] = lines[start_line][:start] + "print(" + lines[start_line][start:]
+    return "\n".join(lines)
+
+
+def seed_program(code: str) -> str:
+    """The whole program of a `last_block` execution: the preamble, then the block."""
+    return PREAMBLE + with_auto_print(code)
+
+
+def trim_traceback(stderr: str, filename: str, line_offset: int = 0) -> str:
+    """The seed's traceback trimming, minus its path-removal bug.
+
+    Kept, as in the seed: every line containing "Traceback", every line that
+    mentions `filename` plus the line right after it (the source line), and
+    the last line (the exception message). Everything else (frames inside
+    numpy/sympy, the `~~~^^^` markers of Python 3.11+) is dropped.
+
+    The seed meant to strip the path from `  File "/tmp/x/tmp.py", line 3, in
+    <module>` but its slicing blanks the whole line; here it reads
+    `  line 3, in <module>`. `line_offset` is subtracted from the line
+    numbers of `filename` (pass the preamble's length, so the model sees the
+    line numbers of its own block). Any other mention of `filename` (e.g. a
+    warning's `/tmp/x/tmp.py:4:`) loses its directory part.
+    """
+    lines = stderr.strip().split("\n")
+    if not lines or lines == [""]:
+        return ""
+    basename = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    frame = re.compile(r'^(\s*)File "' + re.escape(filename) + r'", line (\d+)(.*)$')
+
+    def renumber(number: str) -> str:
+        n = int(number) - line_offset
+        return str(n) if n >= 1 else number
+
+    kept = []
+    want_next = False
+    for i, line in enumerate(lines):
+        if i == len(lines) - 1 or "Traceback" in line:
+            kept.append(line)
+            want_next = False
+        elif filename in line:
+            match = frame.match(line)
+            if match:
+                indent, number, rest = match.groups()
+                kept.append(f"{indent}line {renumber(number)}{rest}")
+            else:
+                kept.append(line.replace(filename, basename))
+            want_next = True
+        elif want_next:
+            kept.append(line)
+            want_next = False
+    return "\n".join(kept).strip()
+
+
+# ---------------------------------------------------------------------------
+# Session driver: one long-lived interpreter per session, blocks share state.
+
+
+def session_driver_main(argv: list[str]) -> None:
+    """Serve one session: JSON-line requests on stdin, JSON-line responses.
+
+    Protocol: after running the preamble once, write {"ready": bool, "error":
+    str}; then for each request line {"code": str} (already auto-printed by
+    the caller), exec it in the persistent namespace and write one line
+    {"ok": bool, "stdout": str, "error": str, "truncated": bool}.
+
+    Channel robustness: user code may write to the real fd 1 (os.write(1,
+    ...), a C library's printf, a child process such as os.system("echo")),
+    which would corrupt a protocol spoken on stdout. So before running any
+    user code the driver dups the original stdout and stdin to private fds
+    (os.dup: non-inheritable, so child processes do not get them), speaks the
+    protocol only on those, and points fds 0 and 1 at /dev/null. Output that
+    bypasses sys.stdout is therefore discarded in sessions (in `last_block`
+    mode it is captured, since there the whole process stdout is the
+    output); `input()` sees EOF instead of eating protocol lines. This needs
+    no extra pipe plumbing in the parent, so it works unchanged in any
+    runtime that gives us stdin/stdout (a local subprocess, `docker exec
+    -i`). fd 2 is left alone; the parent drains it for diagnostics.
+    """
+    import builtins
+    import io
+    import linecache
+    import os
+    import traceback
+
+    cap = int(argv[0]) if argv else 65536
+    flood_limit = 2 * cap
+
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
+    responses = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the driver
+
+    class OutputLimitExceeded(BaseException):
+        """Raised inside user code once it has printed far past the cap."""
+
+    class CappedOutput(io.TextIOBase):
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+            self.stored = 0
+            self.seen = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, s: str) -> int:
+            if not isinstance(s, str):
+                raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+            self.seen += len(s)
+            room = cap - self.stored
+            if room > 0:
+                self.parts.append(s[:room])
+                self.stored += min(room, len(s))
+            if self.seen > flood_limit:
+                raise OutputLimitExceeded
+            return len(s)
+
+        def getvalue(self) -> str:
+            return "".join(self.parts)
+
+    def send(message: dict) -> None:
+        responses.write(json.dumps(message) + "\n")
+        responses.flush()
+
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(PREAMBLE, "<preamble>", "exec"), namespace)
+    except BaseException as error:  # noqa: BLE001 - reported to the parent
+        send({"ready": False, "error": f"{type(error).__name__}: {error}"})
+        return
+    send({"ready": True, "error": ""})
+
+    block = 0
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    while True:
+        line = requests.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        block += 1
+        name = f"<block-{block}>"
+        code = request["code"]
+        # Register the source so tracebacks show the offending line.
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        out, err = CappedOutput(), CappedOutput()
+        sys.stdout, sys.stderr = out, err
+        ok, error = True, ""
+        try:
+            exec(compile(code, name, "exec"), namespace)
+        except OutputLimitExceeded:
+            ok, error = False, f"Output exceeded {cap} characters; the block was stopped."
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0):
+                ok = False
+                error = str(exit_.code) if isinstance(exit_.code, str) else f"SystemExit: {exit_.code}"
+        except BaseException as exc:  # noqa: BLE001 - the model's error, reported
+            ok = False
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_frame.f_code.co_filename != name:
+                tb = tb.tb_next  # drop the driver's own frame (the exec call)
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            text = re.sub(r'File "<block-\d+>"', f'File "{SESSION_FILENAME}"', text)
+            error = trim_traceback(text, SESSION_FILENAME)
+        finally:
+            sys.stdout, sys.stderr = real_stdout, real_stderr
+        try:
+            send({"ok": ok, "stdout": out.getvalue(), "error": error, "truncated": out.seen > cap})
+        except (TypeError, ValueError):  # not JSON-able (cannot happen with str), be safe
+            send({"ok": False, "stdout": "", "error": "internal: unserialisable output", "truncated": False})
+
+
+if __name__ == "__main__":  # running as the driver (`-c SESSION_DRIVER` or this file)
+    session_driver_main(sys.argv[1:])
+else:
+    # The session driver program, for `python3 -u -c SESSION_DRIVER <cap>`:
+    # this very module's source (stdlib-only), whose `__main__` branch above
+    # runs the driver loop. (Under `-c` there is no `__file__`, hence the branch.)
+    with open(__file__, encoding="utf-8") as _source:
+        SESSION_DRIVER = _source.read()

@@ -1,0 +1,67 @@
+"""The Engine protocol: one SC-TIR step for one candidate.
+
+The solver never batches by itself: every candidate step is an independent
+engine request, so the engine (vLLM's continuous batching, or a remote
+server) is free to schedule them. Abort is by request id so that early
+stopping, deadlines and client disconnects free engine capacity at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class EngineError(RuntimeError):
+    """The engine could not complete a step (server down, bad response, ...)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Continue `prompt` (the chat-formatted problem plus the candidate's text so far)."""
+
+    request_id: str
+    prompt: str
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The generated continuation; a matched stop string is kept at its end."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@runtime_checkable
+class Engine(Protocol):
+    async def start(self) -> None:
+        """Load the model or connect; raise EngineError with a clear message on failure."""
+
+    async def ready(self) -> bool:
+        """Whether the engine can take requests now (for /readyz)."""
+
+    def format_prompt(self, problem: str) -> str:
+        """Apply the served model's chat template to a problem statement."""
+
+    async def complete(self, request: StepRequest) -> StepResult:
+        """Generate one step. Cancelling the awaiting task must abort the request."""
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a running request; a no-op for unknown or finished ids."""
+
+    async def close(self) -> None:
+        """Release the engine's resources."""

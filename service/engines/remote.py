@@ -1,0 +1,238 @@
+"""RemoteEngine: SC-TIR steps on an OpenAI-compatible completions server.
+
+Typically a separately scaled vLLM (`python -m vllm.entrypoints.openai.api_server`).
+Each step is one non-streaming POST /completions with n=1, so the server's
+continuous batching schedules candidates freely. vLLM aborts a request when its
+client disconnects, so aborting a step means closing its HTTP connection: the
+call runs in its own task, and cancelling that task makes httpx close the
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from service.engines.base import EngineError, StepRequest, StepResult
+
+DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
+
+# An unreachable host should fail fast; reads may legitimately take minutes.
+_CONNECT_TIMEOUT_S = 10.0
+_READY_TIMEOUT_S = 5.0
+_MAX_ERROR_CHARS = 500
+
+
+class RemoteEngine:
+    """Engine backed by an OpenAI-compatible /v1/completions endpoint."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        timeout_s: float = 600.0,
+        max_connections: int = 256,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._model = model
+        self._api_key = api_key
+        self._prompt_template = prompt_template
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._client: httpx.AsyncClient | None = None
+        # request_id -> the task running that step's HTTP call; cancelling it aborts the step.
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+
+    async def start(self) -> None:
+        """Open the connection pool and check that the server serves our model.
+
+        On failure the client stays open (close() releases it), so start() can be retried
+        while the server is still loading.
+        """
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                # HTTP/1.1: one in-flight step per connection. Waiting for a free connection
+                # is backpressure, not an error, so the pool wait is unbounded.
+                limits=httpx.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_connections,
+                ),
+                timeout=httpx.Timeout(self._timeout_s, connect=_CONNECT_TIMEOUT_S, pool=None),
+            )
+        try:
+            served = await self._served_models(timeout=None)
+        except EngineError as exc:
+            raise EngineError(
+                f"cannot list the models of {self._base_url} (looking for model {self._model!r}): {exc}"
+            ) from exc
+        if self._model not in served:
+            raise EngineError(
+                f"model {self._model!r} is not served by {self._base_url}; served models: {served}"
+            )
+
+    async def ready(self) -> bool:
+        """A cheap GET /models that lists our model; False on any error."""
+        try:
+            return self._model in await self._served_models(timeout=_READY_TIMEOUT_S)
+        except Exception:
+            return False
+
+    def format_prompt(self, problem: str) -> str:
+        """Fill the template with str.replace, so braces in the problem are kept as-is."""
+        return self._prompt_template.replace("{problem}", problem)
+
+    async def complete(self, request: StepRequest) -> StepResult:
+        """Generate one step; abort(request.request_id) makes it return finish_reason "abort".
+
+        Cancelling the awaiting task cancels the HTTP call too (asyncio propagates the
+        cancellation to the awaited task), which closes the connection so vLLM aborts.
+        """
+        request_id = request.request_id
+        if request_id in self._in_flight:
+            # A second call would make the id ambiguous for abort().
+            raise EngineError(f"request id {request_id!r} is already in flight")
+        params = request.params
+        stop = list(params.stop)
+        body = {
+            "model": self._model,
+            "prompt": request.prompt,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": stop,
+            "seed": params.seed,
+            "n": 1,
+            # vLLM extension: keep the matched stop string in the text (others ignore it).
+            "include_stop_str_in_output": True,
+        }
+        call = asyncio.create_task(
+            self._request_json(
+                "POST",
+                f"{self._base_url}/completions",
+                json=body,
+                # vLLM uses this header as its internal request id (logs, metrics).
+                headers={"X-Request-Id": request_id},
+            )
+        )
+        self._in_flight[request_id] = call
+        try:
+            data = await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if call.cancelled() and current is not None and current.cancelling() == 0:
+                # Only the HTTP call was cancelled: abort(request_id) stopped this step.
+                return StepResult(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
+            raise
+        finally:
+            del self._in_flight[request_id]
+        return _step_result(data, stop)
+
+    async def abort(self, request_id: str) -> None:
+        """Cancel the step's HTTP call and wait until its connection is closed."""
+        call = self._in_flight.get(request_id)
+        if call is not None:
+            call.cancel()
+            await asyncio.wait([call])
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _served_models(self, timeout: float | None) -> list[str]:
+        """The model ids from GET /models; timeout=None uses the client's timeouts."""
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        data = await self._request_json("GET", f"{self._base_url}/models", **kwargs)
+        try:
+            return [str(entry["id"]) for entry in data["data"]]
+        except (KeyError, TypeError) as exc:
+            raise EngineError(f"unexpected /models response: {_truncate(repr(data))}") from exc
+
+    async def _request_json(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One HTTP call whose every failure (transport, status, body) is an EngineError."""
+        if self._client is None:
+            raise EngineError("RemoteEngine is not started")
+        try:
+            response = await self._client.request(method, url, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise EngineError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise EngineError(
+                f"{method} {url} returned HTTP {response.status_code}: {_server_message(response)}"
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EngineError(f"{method} {url} returned malformed JSON: {_truncate(response.text)}") from exc
+
+
+def _step_result(data: Any, stop: list[str]) -> StepResult:
+    """Map a completions response to a StepResult, keeping the matched stop string.
+
+    finish_reason: "stop" and "length" pass through. "abort" from the server means it
+    dropped the request on its own (we never see a response to our aborts), so it is an
+    EngineError. Anything else (e.g. OpenAI's "content_filter", or null) is "length": the
+    text was cut off without a stop string or EOS, i.e. it is truncated.
+    """
+    try:
+        choice = data["choices"][0]
+        text = choice["text"]
+        finish_reason = choice.get("finish_reason")
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise EngineError(f"unexpected completion response: {_truncate(repr(data))}") from exc
+    if not isinstance(text, str):
+        raise EngineError(f"unexpected completion response: {_truncate(repr(data))}")
+    if finish_reason == "abort":
+        raise EngineError("the server aborted the request")
+    if finish_reason != "stop":
+        return StepResult(text, "length", prompt_tokens, completion_tokens)
+    matched = _matched_stop(choice, stop)
+    if matched is not None and not text.endswith(matched):
+        text += matched
+    return StepResult(text, "stop", prompt_tokens, completion_tokens)
+
+
+def _matched_stop(choice: dict[str, Any], stop: list[str]) -> str | None:
+    """The stop string that ended a finish_reason="stop" completion, if any.
+
+    vLLM always reports stop_reason: the matched string, an int for a stop token, or null
+    for EOS; only a string means one of our stop strings matched. A server without
+    stop_reason cannot tell a stop string from EOS; with exactly one stop string we assume
+    it matched (so EOS there reads as a stop: prefer vLLM), with several we cannot know.
+    """
+    if "stop_reason" in choice:
+        reason = choice["stop_reason"]
+        return reason if isinstance(reason, str) else None
+    return stop[0] if len(stop) == 1 else None
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message"}}, or older vLLM's
+    {"message"}), else the raw body."""
+    message = response.text
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+        elif isinstance(body.get("message"), str):
+            message = body["message"]
+    return _truncate(message)
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."

@@ -1,0 +1,149 @@
+"""Request and response models of the HTTP API (the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.answers import AnswerMode
+from service.settings import Settings
+from service.solver import CandidateStatus, ExecutionMode, SolveConfig, SolveResult, random_seed
+
+MAX_PROBLEM_BYTES = 32 * 1024
+
+
+class SolveRequest(BaseModel):
+    """A problem and optional overrides of the server's SC-TIR defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    problem: str = Field(description="The problem statement (LaTeX welcome), at most 32 KiB of UTF-8.")
+    num_samples: int | None = Field(None, ge=1, le=256, description="Candidates (N).")
+    max_steps: int | None = Field(None, ge=1, le=16, description="Generation steps per candidate (M).")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_new_tokens: int | None = Field(None, ge=1, le=32768, description="Token budget of one step.")
+    answer_mode: Literal["aimo", "integer", "expression"] | None = Field(
+        None, description="aimo: integer mod 1000 (the competition rule); integer; expression: symbolic."
+    )
+    execution_mode: Literal["last_block", "session"] | None = Field(
+        None, description="last_block: each block alone (the seed's); session: blocks share state."
+    )
+    deadline_s: float | None = Field(
+        None, gt=0, description="Time limit; at the deadline the finished candidates are voted."
+    )
+    seed: int | None = Field(None, ge=0, lt=2**31, description="Fixes every candidate's sampling seed.")
+    return_traces: bool = Field(False, description="Include every candidate's full text.")
+
+    @field_validator("problem")
+    @classmethod
+    def _problem_is_text(cls, problem: str) -> str:
+        if not problem.strip():
+            raise ValueError("must contain non-whitespace text")
+        if len(problem.encode()) > MAX_PROBLEM_BYTES:
+            raise ValueError(f"must be at most {MAX_PROBLEM_BYTES} bytes of UTF-8")
+        return problem
+
+    def to_config(self, settings: Settings) -> SolveConfig:
+        """The effective parameters: this request's overrides over the server's defaults."""
+        deadline = self.deadline_s if self.deadline_s is not None else settings.deadline_s
+        if deadline > settings.max_deadline_s:
+            raise ValueError(f"deadline_s: must be at most {settings.max_deadline_s:g} on this server")
+        return SolveConfig(
+            num_samples=self.num_samples or settings.num_samples,
+            max_steps=self.max_steps or settings.max_steps,
+            temperature=settings.temperature if self.temperature is None else self.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=self.max_new_tokens or settings.max_new_tokens,
+            answer_mode=AnswerMode(self.answer_mode or settings.answer_mode),
+            execution_mode=ExecutionMode(self.execution_mode or settings.execution_mode),
+            deadline_s=deadline,
+            seed=random_seed() if self.seed is None else self.seed,
+            restart_on_fail=settings.restart_on_fail,
+            early_stop=settings.early_stop,
+            output_limit_chars=settings.output_limit_chars,
+        )
+
+
+class CandidateSummary(BaseModel):
+    index: int
+    status: CandidateStatus
+    steps: int = Field(description="Generation steps taken.")
+    restarts: int
+    executions: int = Field(description="Code blocks executed.")
+    answer: str | None = Field(description="The raw final answer the candidate gave.")
+    vote: str | None = Field(description="The answer class it voted for; null if invalid in the mode.")
+    error: str | None = Field(description="Why it was pruned or failed.")
+    prompt_tokens: int
+    completion_tokens: int
+    text: str | None = Field(None, description="The full completion (only with return_traces).")
+
+
+class Timings(BaseModel):
+    total_s: float = Field(description="Wall time of the request, queueing included.")
+    queue_s: float = Field(description="Time waiting for a free solver slot.")
+    generation_s: float = Field(description="Engine time summed over candidates.")
+    execution_s: float = Field(description="Code execution time summed over candidates.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class SolveResponse(BaseModel):
+    request_id: str
+    answer: str | None = Field(description="The majority answer; null when no candidate gave a valid one.")
+    votes: dict[str, int] = Field(description="Answer -> votes, winner first.")
+    agreement: float = Field(description="Winning votes / valid votes.")
+    answer_mode: AnswerMode
+    seed: int = Field(description="The seed used; send it back to reproduce this result.")
+    stopped_early: bool = Field(description="The leader became unbeatable and the rest were aborted.")
+    deadline_hit: bool = Field(description="The deadline cut the run; the vote is of what finished.")
+    candidates: list[CandidateSummary]
+    timings: Timings
+    usage: Usage
+
+    @classmethod
+    def from_result(
+        cls, result: SolveResult, config: SolveConfig, request_id: str, queue_s: float, traces: bool
+    ) -> SolveResponse:
+        return cls(
+            request_id=request_id,
+            answer=result.answer,
+            votes=result.votes,
+            agreement=result.agreement,
+            answer_mode=config.answer_mode,
+            seed=result.seed,
+            stopped_early=result.stopped_early,
+            deadline_hit=result.deadline_hit,
+            candidates=[
+                CandidateSummary(
+                    index=c.index,
+                    status=c.status,
+                    steps=c.steps,
+                    restarts=c.restarts,
+                    executions=c.executions,
+                    answer=c.answer,
+                    vote=c.vote,
+                    error=c.error,
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens,
+                    text=c.text if traces else None,
+                )
+                for c in result.candidates
+            ],
+            timings=Timings(
+                total_s=result.total_s + queue_s,
+                queue_s=queue_s,
+                generation_s=result.generation_s,
+                execution_s=result.execution_s,
+            ),
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+        )
+
+
+class ErrorResponse(BaseModel):
+    request_id: str | None = None
+    message: str = Field(description="What went wrong, naming the offending field.")
+    detail: list[dict] | None = Field(None, description="Validation errors, one per field.")

@@ -1,0 +1,82 @@
+"""Every setting of the service in one place.
+
+Read from the environment with the prefix SCTIR_ (e.g. SCTIR_NUM_SAMPLES=16)
+and mirrored one-to-one by the flags of `sctir serve` (e.g. --num-samples 16),
+which take precedence. Per-request fields of POST /solve override the SC-TIR
+defaults below for that request only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.answers import AnswerMode
+from service.solver import ExecutionMode
+
+NUMINA_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
+
+
+class EngineKind(StrEnum):
+    REMOTE = "remote"  # an OpenAI-compatible completions server, e.g. a separate vLLM
+
+
+class ExecutorKind(StrEnum):
+    LOCAL = "local"  # a python3 subprocess per block on this host: NOT isolated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCTIR_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="sctir serve",
+        extra="ignore",
+    )
+
+    # HTTP server
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8080, ge=1, le=65535, description="Port to bind.")
+    log_level: str = Field("info", description="Logging level (debug, info, warning, error).")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description='Bearer tokens accepted on /solve (JSON list, e.g. \'["k1","k2"]\'); empty: no auth.',
+    )
+    max_in_flight: int = Field(2, ge=1, description="Problems solved concurrently.")
+    max_queue: int = Field(16, ge=0, description="Problems waiting for a slot; beyond it: 429.")
+
+    # Engine
+    engine: EngineKind = Field(EngineKind.REMOTE, description="Which engine generates the steps.")
+    model: str = Field("AI-MO/NuminaMath-7B-TIR", description="Model id (hub id or path) the engine serves.")
+    remote_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server.")
+    remote_api_key: SecretStr | None = Field(None, description="Bearer token for the remote server.")
+    remote_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one remote step.")
+    prompt_template: str = Field(
+        NUMINA_PROMPT_TEMPLATE, description="Chat template; {problem} is replaced by the problem."
+    )
+
+    # SC-TIR defaults (the winning AIMO run: N=48, M=4, T=0.8)
+    num_samples: int = Field(48, ge=1, le=256, description="Candidates per problem (N).")
+    max_steps: int = Field(4, ge=1, le=16, description="Generation steps per candidate (M).")
+    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(2048, ge=1, description="Token budget of one step.")
+    answer_mode: AnswerMode = Field(AnswerMode.EXPRESSION, description="How answers are compared.")
+    execution_mode: ExecutionMode = Field(ExecutionMode.LAST_BLOCK, description="How code blocks run.")
+    restart_on_fail: bool = Field(True, description="Restart a failed candidate from the prompt instead of pruning it.")
+    early_stop: bool = Field(True, description="Stop once the leading answer cannot be overtaken.")
+    deadline_s: float = Field(600.0, gt=0, description="Default time limit of one problem.")
+    max_deadline_s: float = Field(3600.0, gt=0, description="Largest deadline a request may ask for.")
+    output_limit_chars: int = Field(200, ge=1, description="Execution output shown to the model.")
+
+    # Code execution
+    executor: ExecutorKind = Field(ExecutorKind.LOCAL, description="Where model-written code runs.")
+    execution_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one code block.")
+    execution_concurrency: int = Field(
+        os.cpu_count() or 1, ge=1, description="Code blocks executed at once."
+    )
+    python: str = Field(sys.executable, description="Interpreter of the local executor.")

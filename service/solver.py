@@ -1,0 +1,307 @@
+"""SC-TIR orchestration: N candidates, up to M steps each, majority vote.
+
+Each candidate runs its own async loop (generate, then execute its last
+code block, then generate again), so a candidate that is executing never
+holds back one that is generating; the engine batches whatever is in
+flight. The step rules are the seed's (see service.tir). Beyond the seed:
+early stopping once the leader is unbeatable, a per-request deadline, and
+results that are a function of the seed alone (per-candidate seeds; the
+final vote counts candidates in index order, not in finish order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sandbox.executor import Executor
+from service.answers import AnswerMode, Ballot, extract_answer
+from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
+from service.tir import OUTPUT_MARKER, StepOutcome, classify_step, last_code_block, output_block
+
+log = logging.getLogger(__name__)
+
+
+class ExecutionMode(StrEnum):
+    LAST_BLOCK = "last_block"  # the seed's: each block runs alone with the preamble
+    SESSION = "session"  # a candidate's blocks share one interpreter's state
+
+
+class CandidateStatus(StrEnum):
+    ANSWERED = "answered"  # finished with an answer (it may still be invalid for the mode)
+    PRUNED = "pruned"  # dropped by a seed rule (no code, hallucinated output, stalled)
+    RESTARTED = "restarted"  # restarted from the prompt and ran out of steps before answering
+    EXHAUSTED = "exhausted"  # used every step without giving an answer
+    CANCELLED = "cancelled"  # stopped by early stopping, the deadline or a disconnect
+    FAILED = "failed"  # the engine or the executor failed
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    num_samples: int
+    max_steps: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    answer_mode: AnswerMode
+    execution_mode: ExecutionMode
+    deadline_s: float
+    seed: int
+    restart_on_fail: bool = True
+    early_stop: bool = True
+    output_limit_chars: int = 200
+
+
+class Action(StrEnum):
+    """What a candidate needs next, after the seed's rules judged its last step."""
+
+    EXECUTE = "execute"  # run the last code block, then generate again
+    GENERATE = "generate"  # restarted from the prompt: generate again
+    DONE = "done"
+
+
+@dataclass
+class Candidate:
+    """One SC-TIR sample: its text so far and the seed's step rules applied to it.
+
+    The scheduling (async loop per candidate, or the seed's step barrier in
+    bench/) is the caller's; the text a candidate produces depends only on
+    its seed and what the engine and the executor return.
+    """
+
+    index: int
+    seed: int
+    status: CandidateStatus = CandidateStatus.CANCELLED  # until it finishes
+    steps: int = 0
+    restarts: int = 0
+    executions: int = 0
+    text: str = ""
+    answer: str | None = None
+    vote: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generation_s: float = 0.0
+    execution_s: float = 0.0
+    executed_since_restart: bool = False
+
+    def next_request(self, prompt: str, config: SolveConfig, request_id: str) -> StepRequest:
+        step = self.steps
+        self.steps += 1
+        return StepRequest(
+            request_id=f"{request_id}-{self.index}-{step}",
+            prompt=prompt + self.text,
+            params=SamplingParams(
+                temperature=config.temperature,
+                max_new_tokens=config.max_new_tokens,
+                stop=(OUTPUT_MARKER,),
+                seed=derive_seed(self.seed, step),
+                top_p=config.top_p,
+            ),
+        )
+
+    def after_step(self, generated: str, config: SolveConfig) -> Action:
+        """Apply the seed's rules to the step just generated (see service.tir.classify_step)."""
+        self.text += generated
+        outcome = classify_step(
+            self.text, executed_before=self.executed_since_restart, last_step=self.steps >= config.max_steps
+        )
+        if outcome is StepOutcome.EXECUTE:
+            return Action.EXECUTE
+        if outcome in (StepOutcome.ANSWER, StepOutcome.LAST_STEP):
+            self.answer = extract_answer(self.text)
+            return self.finish(CandidateStatus.ANSWERED if self.answer is not None else CandidateStatus.EXHAUSTED)
+        if outcome is StepOutcome.HALLUCINATED or not config.restart_on_fail:
+            return self.finish(CandidateStatus.PRUNED, outcome.value)
+        self.text, self.executed_since_restart = "", False  # NO_CODE or STALLED: start over
+        self.restarts += 1
+        if self.steps >= config.max_steps:
+            return self.finish(CandidateStatus.RESTARTED)
+        return Action.GENERATE
+
+    def after_execution(self, feedback: str, config: SolveConfig) -> None:
+        self.text += output_block(feedback, config.output_limit_chars)
+        self.executed_since_restart = True
+        self.executions += 1
+
+    def finish(self, status: CandidateStatus, error: str | None = None) -> Action:
+        self.status, self.error = status, error
+        return Action.DONE
+
+
+@dataclass
+class SolveResult:
+    answer: str | None
+    votes: dict[str, int]
+    agreement: float
+    seed: int
+    candidates: list[Candidate]
+    stopped_early: bool
+    deadline_hit: bool
+    total_s: float
+    generation_s: float = field(init=False)
+    execution_s: float = field(init=False)
+    prompt_tokens: int = field(init=False)
+    completion_tokens: int = field(init=False)
+
+    @classmethod
+    def tally(
+        cls,
+        candidates: list[Candidate],
+        config: SolveConfig,
+        *,
+        started: float,
+        stopped_early: bool = False,
+        deadline_hit: bool = False,
+    ) -> SolveResult:
+        """The vote of the finished candidates, counted in index order so finish order cannot matter."""
+        ballot = Ballot(config.answer_mode)
+        for candidate in candidates:
+            if candidate.answer is not None:
+                candidate.vote = ballot.add(candidate.index, candidate.answer)
+        winner = ballot.winner()
+        return cls(
+            answer=winner.answer if winner else None,
+            votes=ballot.votes(),
+            agreement=ballot.agreement(),
+            seed=config.seed,
+            candidates=candidates,
+            stopped_early=stopped_early,
+            deadline_hit=deadline_hit,
+            total_s=time.monotonic() - started,
+        )
+
+    def __post_init__(self) -> None:
+        self.generation_s = sum(c.generation_s for c in self.candidates)
+        self.execution_s = sum(c.execution_s for c in self.candidates)
+        self.prompt_tokens = sum(c.prompt_tokens for c in self.candidates)
+        self.completion_tokens = sum(c.completion_tokens for c in self.candidates)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 31-bit seed from a path of ints (request seed, candidate, attempt, step)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+class Solver:
+    """Runs SC-TIR for one problem at a time per call; safe to call concurrently."""
+
+    def __init__(self, engine: Engine, executor: Executor) -> None:
+        self.engine = engine
+        self.executor = executor
+
+    async def solve(self, problem: str, config: SolveConfig, request_id: str) -> SolveResult:
+        started = time.monotonic()
+        prompt = self.engine.format_prompt(problem)
+        candidates = [Candidate(i, derive_seed(config.seed, i)) for i in range(config.num_samples)]
+        running = set(range(config.num_samples))
+        live_ballot = Ballot(config.answer_mode)
+        decided = asyncio.Event()
+
+        async def run(candidate: Candidate) -> None:
+            try:
+                await self._run_candidate(candidate, prompt, config, request_id)
+            except asyncio.CancelledError:
+                candidate.status = CandidateStatus.CANCELLED
+                raise
+            except Exception as error:  # a bug must cost one candidate, not the request
+                log.exception("candidate crashed")
+                candidate.finish(CandidateStatus.FAILED, f"internal: {error!r}")
+            running.discard(candidate.index)
+            if candidate.answer is not None:
+                live_ballot.add(candidate.index, candidate.answer)
+            if config.early_stop and running and live_ballot.is_decided(running):
+                decided.set()
+
+        tasks = [asyncio.create_task(run(c), name=f"{request_id}-{c.index}") for c in candidates]
+        all_done = asyncio.gather(*tasks)
+        decided_wait = asyncio.create_task(decided.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {all_done, decided_wait}, timeout=config.deadline_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped_early = decided_wait in done and bool(running)
+            deadline_hit = not done
+        finally:
+            all_done.cancel()  # cancels the candidates still running
+            decided_wait.cancel()
+            await asyncio.gather(all_done, decided_wait, return_exceptions=True)
+
+        if stopped_early or deadline_hit:
+            log.info(
+                "candidates cancelled",
+                extra={"cancelled": len(running), "early_stop": stopped_early, "deadline": deadline_hit},
+            )
+        return SolveResult.tally(
+            candidates, config, started=started, stopped_early=stopped_early, deadline_hit=deadline_hit
+        )
+
+    async def _run_candidate(
+        self, candidate: Candidate, prompt: str, config: SolveConfig, request_id: str
+    ) -> None:
+        """One candidate's loop, with no barrier against the others."""
+        session_id = f"{request_id}-{candidate.index}" if config.execution_mode is ExecutionMode.SESSION else None
+        try:
+            action = Action.GENERATE
+            while action is not Action.DONE:
+                request = candidate.next_request(prompt, config, request_id)
+                try:
+                    generated = await self._generate(candidate, request)
+                except EngineError as error:
+                    candidate.finish(CandidateStatus.FAILED, f"engine: {error}")
+                    return
+                if generated is None:  # aborted inside the engine
+                    return
+                action = candidate.after_step(generated, config)
+                if action is Action.GENERATE and session_id:
+                    await self.executor.close_session(session_id)  # a restart forgets the state
+                if action is Action.EXECUTE:
+                    code = last_code_block(candidate.text) or ""
+                    feedback = await self._execute(candidate, code, session_id)
+                    if feedback is None:
+                        return
+                    candidate.after_execution(feedback, config)
+        finally:
+            if session_id:
+                await self.executor.close_session(session_id)
+
+    async def _generate(self, candidate: Candidate, request: StepRequest) -> str | None:
+        """One engine step's text, None if the engine aborted it.
+
+        A cancelled step is aborted in the engine before the task ends, so
+        early stops, deadlines and disconnects free engine capacity at once.
+        """
+        started = time.monotonic()
+        try:
+            result = await self.engine.complete(request)
+        except asyncio.CancelledError:
+            await self.engine.abort(request.request_id)
+            raise
+        finally:
+            candidate.generation_s += time.monotonic() - started
+        candidate.prompt_tokens += result.prompt_tokens
+        candidate.completion_tokens += result.completion_tokens
+        return None if result.finish_reason == "abort" else result.text
+
+    async def _execute(self, candidate: Candidate, code: str, session_id: str | None) -> str | None:
+        """Run a block; the feedback text, or None when the executor itself failed."""
+        started = time.monotonic()
+        try:
+            result = await self.executor.execute(code, session_id=session_id)
+        except Exception as error:  # an executor fault is the candidate's, not the request's
+            log.exception("executor failed")
+            candidate.finish(CandidateStatus.FAILED, f"executor: {error}")
+            return None
+        finally:
+            candidate.execution_s += time.monotonic() - started
+        return result.feedback

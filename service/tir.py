@@ -1,0 +1,70 @@
+"""The TIR text protocol of NuminaMath-7B-TIR (ToRA format) and the seed's step rules.
+
+A candidate's completion alternates prose, ```python blocks and ```output
+blocks. A generation step stops when the model opens an output block (the
+stop string is kept in the text); the service then runs the last Python
+block and writes the output block itself, so the model never sees an output
+it did not earn.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+OUTPUT_MARKER = "```output\n"
+CODE_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
+TAIL_CHARS = 100
+OUTPUT_LIMIT_CHARS = 200
+TRUNCATION_SUFFIX = " ... (output truncated)"
+
+
+class StepOutcome(StrEnum):
+    """What the seed does with a candidate after one generation step."""
+
+    EXECUTE = "execute"  # ends with the output marker: run the last block, continue
+    ANSWER = "answer"  # the tail gives an answer after real tool use: finish
+    HALLUCINATED = "hallucinated"  # an answer without any executed code: prune
+    NO_CODE = "no_code"  # no Python block at all: restart or prune
+    LAST_STEP = "last_step"  # out of steps: finish with whatever answer the text holds
+    STALLED = "stalled"  # anything else (e.g. length cut mid-prose): restart or prune
+
+
+def has_code(completion: str) -> bool:
+    return "```python" in completion
+
+
+def last_code_block(completion: str) -> str | None:
+    """The last complete ```python block, the one the seed executes."""
+    blocks = CODE_BLOCK.findall(completion)
+    return blocks[-1] if blocks else None
+
+
+def tail_has_answer(completion: str) -> bool:
+    tail = completion[-TAIL_CHARS:]
+    return "\\boxed" in tail or "answer is" in tail
+
+
+def classify_step(completion: str, *, executed_before: bool, last_step: bool) -> StepOutcome:
+    """The seed's decision after a step, in the seed's order of checks.
+
+    `completion` is everything the candidate generated so far (with the
+    outputs the service inserted); `executed_before` says whether the
+    service ever ran code for it since its last restart.
+    """
+    if not has_code(completion):
+        return StepOutcome.NO_CODE
+    if tail_has_answer(completion) and not completion.endswith(OUTPUT_MARKER):
+        return StepOutcome.ANSWER if executed_before else StepOutcome.HALLUCINATED
+    if last_step:
+        return StepOutcome.LAST_STEP
+    if completion.endswith(OUTPUT_MARKER):
+        return StepOutcome.EXECUTE
+    return StepOutcome.STALLED
+
+
+def output_block(feedback: str, limit: int = OUTPUT_LIMIT_CHARS) -> str:
+    """The rest of the output block after the marker: truncated feedback, then the closing fence."""
+    if len(feedback) > limit:
+        feedback = feedback[:limit] + TRUNCATION_SUFFIX
+    return feedback + "\n```\n"
