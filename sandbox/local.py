@@ -18,7 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
-from sandbox.program import PREAMBLE_LINES, SESSION_DRIVER, seed_program, trim_traceback, with_auto_print
+from sandbox.program import (
+    PREAMBLE_LINES,
+    SESSION_DRIVER,
+    seed_program,
+    trim_traceback,
+    with_auto_print,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +107,11 @@ class LocalExecutor:
     `session` (a session id): one long-lived driver process per id (see
     `sandbox.program.session_driver_main`) runs the blocks of that id in one
     namespace, like notebook cells. A timeout, a crash or `close_session`
-    kills the driver; the next block of that id starts a fresh one.
+    kills the driver; the next block of that id starts a fresh one. The
+    timeout covers the block only (a driver's start, which imports numpy and
+    sympy, is bounded by `session_start_timeout_s`), and stdout is capped in
+    characters rather than bytes. Output written around sys.stdout (to fd 1
+    directly, by child processes) is discarded in sessions.
 
     At most `concurrency` blocks execute at once (idle sessions do not
     count). Every failure of the code is an ExecutionResult; failures of the
@@ -185,21 +195,27 @@ class LocalExecutor:
     # -- execution ---------------------------------------------------------
 
     async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
-        if session_id is None:
-            async with self._semaphore:
-                return await self._run_block(code)
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = self._sessions[session_id] = _Session()
-        async with session.lock:  # queue per session first, then take a slot
-            async with self._semaphore:
-                return await self._run_in_session(session, code)
+        started = time.monotonic()
+        try:
+            if session_id is None:
+                async with self._semaphore:
+                    return await self._run_block(code)
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = _Session()
+            async with session.lock:  # queue per session first, then take a slot
+                async with self._semaphore:
+                    return await self._run_in_session(session, code)
+        except Exception as error:  # a bug or an OS failure here must not fail the request
+            log.exception("local executor failed")
+            return self._result(ExecutionStatus.KILLED, "", f"executor failed: {error!r}", started)
 
     async def _run_block(self, code: str) -> ExecutionResult:
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="sctir-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="sctir-", ignore_cleanup_errors=True) as workdir:
             path = os.path.join(workdir, "tmp.py")
-            with open(path, "w", encoding="utf-8") as file:
+            # surrogatepass: a lone surrogate becomes Python's own decode error, not ours.
+            with open(path, "w", encoding="utf-8", errors="surrogatepass") as file:
                 file.write(seed_program(code))
             try:
                 proc = await asyncio.create_subprocess_exec(

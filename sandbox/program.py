@@ -178,7 +178,7 @@ def session_driver_main(argv: list[str]) -> None:
     cap = int(argv[0]) if argv else 65536
     flood_limit = 2 * cap
 
-    requests = os.fdopen(os.dup(0), "rb", buffering=0)
+    requests = os.fdopen(os.dup(0), "rb")
     responses = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -219,7 +219,7 @@ def session_driver_main(argv: list[str]) -> None:
 
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        exec(compile(PREAMBLE, "<preamble>", "exec"), namespace)
+        exec(compile(PREAMBLE, "<preamble>", "exec", dont_inherit=True), namespace)
     except BaseException as error:  # noqa: BLE001 - reported to the parent
         send({"ready": False, "error": f"{type(error).__name__}: {error}"})
         return
@@ -241,7 +241,8 @@ def session_driver_main(argv: list[str]) -> None:
         sys.stdout, sys.stderr = out, err
         ok, error = True, ""
         try:
-            exec(compile(code, name, "exec"), namespace)
+            # dont_inherit: not this file's `from __future__ import annotations`.
+            exec(compile(code, name, "exec", dont_inherit=True), namespace)
         except OutputLimitExceeded:
             ok, error = False, f"Output exceeded {cap} characters; the block was stopped."
         except SystemExit as exit_:
@@ -258,6 +259,8 @@ def session_driver_main(argv: list[str]) -> None:
             error = trim_traceback(text, SESSION_FILENAME)
         finally:
             sys.stdout, sys.stderr = real_stdout, real_stderr
+        if len(error) > cap:  # e.g. a huge exception message: keep its end
+            error = error[-cap:]
         try:
             send({"ok": ok, "stdout": out.getvalue(), "error": error, "truncated": out.seen > cap})
         except (TypeError, ValueError):  # not JSON-able (cannot happen with str), be safe

@@ -24,7 +24,7 @@ from service.engines.base import Engine
 from service.logs import request_id_var
 from service.schemas import ErrorResponse, SolveRequest, SolveResponse
 from service.settings import Settings
-from service.solver import CandidateStatus, SolveResult, Solver
+from service.solver import CandidateStatus, Solver, SolveResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

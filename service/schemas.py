@@ -8,7 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.answers import AnswerMode
 from service.settings import Settings
-from service.solver import CandidateStatus, ExecutionMode, SolveConfig, SolveResult, random_seed
+from service.solver import (
+    CandidateStatus,
+    ExecutionMode,
+    SolveConfig,
+    SolveResult,
+    random_seed,
+)
 
 MAX_PROBLEM_BYTES = 32 * 1024
 

@@ -22,7 +22,13 @@ from enum import StrEnum
 from sandbox.executor import Executor
 from service.answers import AnswerMode, Ballot, extract_answer
 from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
-from service.tir import OUTPUT_MARKER, StepOutcome, classify_step, last_code_block, output_block
+from service.tir import (
+    OUTPUT_MARKER,
+    StepOutcome,
+    classify_step,
+    last_code_block,
+    output_block,
+)
 
 log = logging.getLogger(__name__)
 

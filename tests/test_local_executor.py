@@ -245,6 +245,16 @@ async def test_background_children_do_not_outlive_a_finished_block(executor: Loc
     assert await gone(int(result.stdout))
 
 
+async def test_a_child_holding_stdout_cannot_hang_the_block(fast_timeout: LocalExecutor) -> None:
+    # The child inherits the block's stdout pipe, so EOF never comes by itself.
+    code = "import subprocess\np = subprocess.Popen(['sleep', '60'])\np.pid"
+    started = time.monotonic()
+    result = await fast_timeout.execute(code)
+    assert time.monotonic() - started < 4
+    assert result.status is ExecutionStatus.TIMEOUT  # the pipe stays open until the group is killed
+    assert await gone(int(result.stdout))  # its stdout was flushed at exit; the child is dead
+
+
 @pytest.mark.parametrize(
     ("code", "signal_name"),
     [
@@ -381,6 +391,12 @@ async def test_session_fd_writes_do_not_corrupt_the_protocol(executor: LocalExec
     assert (result.status, result.stdout) == (ExecutionStatus.OK, "5\n")
     again = await executor.execute("v + 1", session_id="s")
     assert (again.status, again.stdout) == (ExecutionStatus.OK, "6\n")
+
+
+async def test_session_blocks_do_not_inherit_the_drivers_future_imports(executor: LocalExecutor) -> None:
+    code = "def f(x: int) -> int:\n    return x\nf.__annotations__['x']"
+    result = await executor.execute(code, session_id="s")
+    assert result.stdout == "<class 'int'>\n"  # not the string 'int'
 
 
 async def test_session_input_and_exit_do_not_break_it(executor: LocalExecutor) -> None:

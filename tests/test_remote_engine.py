@@ -9,146 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
+from tests.openai_stub import MODEL, FakeServer, Reply, completion, make_app
+from tests.servers import serve_in_thread
 
-MODEL = "AI-MO/NuminaMath-7B-TIR"
 API_KEY = "sk-test"
 STOP = "```output\n"
 CODE = "Let me compute.\n```python\nprint(1 + 1)\n```\n"
-SLOW_S = 20.0  # how long a "slow" request waits for the client to go away
-
-
-@dataclass
-class Reply:
-    """What the server answers to one prompt."""
-
-    status: int = 200
-    json: Any = None
-    raw: str | None = None  # sent as-is instead of json (malformed JSON)
-    slow: bool = False  # never answer; wait for the client to disconnect
-
-
-def completion(
-    text: str, finish_reason: str = "stop", usage: dict[str, int] | None = None, **choice: Any
-) -> Reply:
-    """An OpenAI completions response; extra keyword args go into the choice (e.g. stop_reason)."""
-    body: dict[str, Any] = {
-        "id": "cmpl-test",
-        "object": "text_completion",
-        "model": MODEL,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, **choice}],
-    }
-    if usage is not None:
-        body["usage"] = usage
-    return Reply(json=body)
-
-
-@dataclass
-class Received:
-    body: dict[str, Any]
-    headers: dict[str, str]
-
-
-@dataclass
-class FakeServer:
-    """State shared between the tests (event loop of the test) and the server thread."""
-
-    url: str = ""
-    replies: dict[str, Reply] = field(default_factory=dict)
-    received: list[Received] = field(default_factory=list)
-    disconnected: set[str] = field(default_factory=set)  # prompts whose client went away
-
-    def script(self, prompt: str, reply: Reply) -> str:
-        self.replies[prompt] = reply
-        return prompt
-
-    def last(self, prompt: str) -> Received:
-        return [r for r in self.received if r.body.get("prompt") == prompt][-1]
-
-    async def wait_for(self, what: str, prompt: str, timeout_s: float = 5.0) -> bool:
-        """Poll (bounded) until the prompt was received or its client disconnected."""
-        for _ in range(int(timeout_s / 0.02)):
-            seen = {r.body.get("prompt") for r in self.received} if what == "received" else self.disconnected
-            if prompt in seen:
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
-
-def make_app(state: FakeServer) -> Starlette:
-    async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-
-    async def completions(request: Request) -> Response:
-        body = await request.json()
-        state.received.append(Received(body=body, headers=dict(request.headers)))
-        prompt = body.get("prompt")
-        reply = state.replies.get(prompt)
-        if reply is None:
-            return JSONResponse({"error": {"message": f"no reply scripted for {prompt!r}"}}, status_code=400)
-        if reply.slow:
-            # Like vLLM's listen_for_disconnect: the body is read, so receive() only
-            # reports the client going away.
-            try:
-                with anyio.fail_after(SLOW_S):
-                    while (await request.receive())["type"] != "http.disconnect":
-                        pass
-                state.disconnected.add(prompt)
-            except TimeoutError:
-                pass
-            return JSONResponse({"error": {"message": "slow reply timed out"}}, status_code=504)
-        if reply.raw is not None:
-            return Response(reply.raw, status_code=reply.status, media_type="application/json")
-        return JSONResponse(reply.json, status_code=reply.status)
-
-    return Starlette(
-        routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])]
-    )
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeServer]:
     state = FakeServer()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    state.url = f"http://127.0.0.1:{port}/v1"
-    config = uvicorn.Config(
-        make_app(state), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(250):
-        try:
-            if httpx.get(f"{state.url}/models", timeout=1.0).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    else:
-        pytest.fail("test server did not come up")
-    yield state
-    uv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_in_thread(make_app(state), "/v1/models", lifespan="off") as base:
+        state.url = f"{base}/v1"
+        yield state
 
 
 @pytest.fixture
