@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.executor import Executor
@@ -130,8 +131,6 @@ def create_app(
     accepted_keys = [key.get_secret_value().encode() for key in settings.api_keys]
 
     def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not accepted_keys:
-            return
         given = credentials.credentials.encode() if credentials else b""
         if not any(secrets.compare_digest(given, key) for key in accepted_keys):
             raise Unauthorized
@@ -149,6 +148,11 @@ def create_app(
             field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
             parts.append(f"{field}: {err['msg']}")
         return error(request, 422, "; ".join(parts), detail=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail)
+        return error(request, exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
@@ -179,9 +183,11 @@ def create_app(
 
     @app.post(
         "/solve",
+        dependencies=[Depends(require_api_key)] if accepted_keys else [],
         response_model=SolveResponse,
         summary="Solve a problem with SC-TIR",
         responses={
+            400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
@@ -190,14 +196,9 @@ def create_app(
             503: {"model": ErrorResponse},
         },
     )
-    async def solve(
-        body: SolveRequest, request: Request, _: None = Depends(require_api_key)
-    ) -> SolveResponse | JSONResponse:
+    async def solve(body: SolveRequest, request: Request) -> SolveResponse | JSONResponse:
         request_id = request.state.request_id
-        try:
-            config = body.to_config(settings)
-        except ValueError as exc:
-            return error(request, 422, str(exc))
+        config = body.to_config(settings)
 
         async def admitted() -> tuple[float, SolveResult]:
             async with admission.slot() as queue_s:

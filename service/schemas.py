@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from service.answers import AnswerMode
 from service.settings import Settings
@@ -17,14 +17,22 @@ from service.solver import (
 )
 
 MAX_PROBLEM_BYTES = 32 * 1024
+MAX_DEADLINE_S = 86400.0
+# some non-whitespace character, by both ECMA's \s (the schema's clients) and str.isspace (Python's)
+NON_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 class SolveRequest(BaseModel):
     """A problem and optional overrides of the server's SC-TIR defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
-    problem: str = Field(description="The problem statement (LaTeX welcome), at most 32 KiB of UTF-8.")
+    problem: str = Field(
+        min_length=1,
+        max_length=MAX_PROBLEM_BYTES,
+        pattern=NON_BLANK,
+        description="The problem statement (LaTeX welcome), at most 32 KiB of UTF-8.",
+    )
     num_samples: int | None = Field(None, ge=1, le=256, description="Candidates (N).")
     max_steps: int | None = Field(None, ge=1, le=16, description="Generation steps per candidate (M).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
@@ -36,25 +44,44 @@ class SolveRequest(BaseModel):
         None, description="last_block: each block alone (the seed's); session: blocks share state."
     )
     deadline_s: float | None = Field(
-        None, gt=0, description="Time limit; at the deadline the finished candidates are voted."
+        None, gt=0, le=MAX_DEADLINE_S, description="Time limit; at the deadline the finished candidates are voted."
     )
     seed: int | None = Field(None, ge=0, lt=2**31, description="Fixes every candidate's sampling seed.")
     return_traces: bool = Field(False, description="Include every candidate's full text.")
 
-    @field_validator("problem")
+    @field_validator("num_samples", "max_steps", "temperature", "max_new_tokens", "deadline_s", "seed", mode="before")
     @classmethod
-    def _problem_is_text(cls, problem: str) -> str:
-        if not problem.strip():
-            raise ValueError("must contain non-whitespace text")
+    def _json_number(cls, value: object) -> object:
+        """JSON numbers only: "5" or true are type errors, not values to guess at.
+
+        (Not pydantic's strict mode, which also refuses 5.0 for an integer, which JSON Schema allows.)
+        """
+        if isinstance(value, str | bool):
+            raise ValueError("must be a JSON number")
+        return value
+
+    @field_validator("return_traces", mode="before")
+    @classmethod
+    def _json_boolean(cls, value: object) -> object:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("problem", mode="wrap")
+    @classmethod
+    def _problem_is_text(cls, problem: object, handler: ValidatorFunctionWrapHandler) -> str:
+        try:
+            problem = handler(problem)
+        except ValidationError as exc:
+            if exc.errors()[0]["type"] == "string_pattern_mismatch":
+                raise ValueError("must contain non-whitespace text") from None
+            raise
         if len(problem.encode()) > MAX_PROBLEM_BYTES:
             raise ValueError(f"must be at most {MAX_PROBLEM_BYTES} bytes of UTF-8")
         return problem
 
     def to_config(self, settings: Settings) -> SolveConfig:
         """The effective parameters: this request's overrides over the server's defaults."""
-        deadline = self.deadline_s if self.deadline_s is not None else settings.deadline_s
-        if deadline > settings.max_deadline_s:
-            raise ValueError(f"deadline_s: must be at most {settings.max_deadline_s:g} on this server")
         return SolveConfig(
             num_samples=self.num_samples or settings.num_samples,
             max_steps=self.max_steps or settings.max_steps,
@@ -63,7 +90,7 @@ class SolveRequest(BaseModel):
             max_new_tokens=self.max_new_tokens or settings.max_new_tokens,
             answer_mode=AnswerMode(self.answer_mode or settings.answer_mode),
             execution_mode=ExecutionMode(self.execution_mode or settings.execution_mode),
-            deadline_s=deadline,
+            deadline_s=settings.deadline_s if self.deadline_s is None else self.deadline_s,
             seed=random_seed() if self.seed is None else self.seed,
             restart_on_fail=settings.restart_on_fail,
             early_stop=settings.early_stop,

@@ -69,8 +69,7 @@ class Settings(BaseSettings):
     execution_mode: ExecutionMode = Field(ExecutionMode.LAST_BLOCK, description="How code blocks run.")
     restart_on_fail: bool = Field(True, description="Restart a failed candidate from the prompt instead of pruning it.")
     early_stop: bool = Field(True, description="Stop once the leading answer cannot be overtaken.")
-    deadline_s: float = Field(600.0, gt=0, description="Default time limit of one problem.")
-    max_deadline_s: float = Field(3600.0, gt=0, description="Largest deadline a request may ask for.")
+    deadline_s: float = Field(600.0, gt=0, le=86400, description="Default time limit of one problem.")
     output_limit_chars: int = Field(200, ge=1, description="Execution output shown to the model.")
 
     # Code execution
