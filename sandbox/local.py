@@ -48,14 +48,18 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
     Also called after the leader exited, to kill children it left running in
     its group; then the group may be gone already (ProcessLookupError).
+
+    Deliberately not `proc.kill()`: Popen.send_signal() first polls with
+    waitpid(), and when the child has just died but asyncio's child watcher
+    has not collected it yet, that poll steals its exit status; the watcher
+    then reports returncode 255 ("Unknown child process") and a segfault
+    would read as "Exited with code 255". The leader is in the group, so
+    killpg covers it.
     """
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
 
 
 async def _reap(proc: asyncio.subprocess.Process, grace_s: float = 2.0) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from pydantic import ValidationError
 from rich.table import Table
 
 from service.schemas import SolveRequest, SolveResponse
@@ -50,8 +51,11 @@ async def solve_in_process(request: SolveRequest) -> SolveResponse:
 def solve_remote(request: SolveRequest, url: str, api_key: str | None) -> SolveResponse:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     payload = request.model_dump(exclude_none=True)
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
-        response = client.post(url.rstrip("/") + "/solve", json=payload, headers=headers)
+    try:
+        with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
+            response = client.post(url.rstrip("/") + "/solve", json=payload, headers=headers)
+    except httpx.TransportError as exc:
+        raise SystemExit(f"cannot reach {url}: {exc}") from None
     if response.status_code != 200:
         raise SystemExit(f"error {response.status_code}: {response.json().get('message', response.text)}")
     return SolveResponse.model_validate(response.json())
@@ -106,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     fields = {k: v for k, v in vars(args).items() if k in SolveRequest.model_fields and v is not None}
-    request = SolveRequest.model_validate({**fields, "return_traces": args.traces}, strict=False)
+    try:
+        request = SolveRequest.model_validate({**fields, "return_traces": args.traces})
+    except ValidationError as exc:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     if args.url:
         response = solve_remote(request, args.url, args.api_key)
     else:
