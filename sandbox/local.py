@@ -74,7 +74,7 @@ async def _reap(proc: asyncio.subprocess.Process, grace_s: float = 2.0) -> None:
     _kill_group(proc)
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), grace_s)
-    except BaseException:  # noqa: BLE001 - timeout or a second cancellation
+    except BaseException:  # timeout or a second cancellation
         transport = getattr(proc, "_transport", None)
         if transport is not None:
             with contextlib.suppress(Exception):
@@ -153,7 +153,9 @@ class LocalExecutor:
         self._ready = False
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-c", "import math, numpy, sympy",
+                self.python,
+                "-c",
+                "import math, numpy, sympy",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -223,7 +225,8 @@ class LocalExecutor:
                 file.write(seed_program(code))
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    self.python, path,
+                    self.python,
+                    path,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
@@ -265,7 +268,9 @@ class LocalExecutor:
         stdout = stdout_bytes.decode("utf-8", errors="replace")
         rc = proc.returncode
         if timed_out:
-            return self._result(ExecutionStatus.TIMEOUT, stdout, f"Timed out after {_seconds(self.timeout_s)} seconds.", started)
+            return self._result(
+                ExecutionStatus.TIMEOUT, stdout, f"Timed out after {_seconds(self.timeout_s)} seconds.", started
+            )
         if flooded:
             error = f"Output exceeded {cap} bytes; the process was killed."
             return self._result(ExecutionStatus.KILLED, stdout, error, started)
@@ -315,7 +320,9 @@ class LocalExecutor:
             response = json.loads(line)
         except ValueError:
             await self._reset_session(session)
-            return self._result(ExecutionStatus.KILLED, "", f"Bad response from the session driver. {RESET_NOTE}", started)
+            return self._result(
+                ExecutionStatus.KILLED, "", f"Bad response from the session driver. {RESET_NOTE}", started
+            )
         stdout = response.get("stdout", "")
         error = response.get("error", "")
         if response.get("ok"):
@@ -330,7 +337,11 @@ class LocalExecutor:
         session.workdir = tempfile.mkdtemp(prefix="sctir-session-")
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-u", "-c", SESSION_DRIVER, str(cap),
+                self.python,
+                "-u",
+                "-c",
+                SESSION_DRIVER,
+                str(cap),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

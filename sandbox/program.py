@@ -184,12 +184,15 @@ def session_driver_main(argv: list[str]) -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
-    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the driver
+    sys.stdin = open(os.devnull)  # lives as long as the driver
 
     class OutputLimitExceeded(BaseException):
         """Raised inside user code once it has printed far past the cap."""
 
     class CappedOutput(io.TextIOBase):
+        encoding = "utf-8"  # like a pipe's: sympy's pprint picks Unicode from it
+        errors = "strict"
+
         def __init__(self) -> None:
             self.parts: list[str] = []
             self.stored = 0
@@ -220,7 +223,7 @@ def session_driver_main(argv: list[str]) -> None:
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     try:
         exec(compile(PREAMBLE, "<preamble>", "exec", dont_inherit=True), namespace)
-    except BaseException as error:  # noqa: BLE001 - reported to the parent
+    except BaseException as error:  # reported to the parent
         send({"ready": False, "error": f"{type(error).__name__}: {error}"})
         return
     send({"ready": True, "error": ""})
@@ -249,7 +252,7 @@ def session_driver_main(argv: list[str]) -> None:
             if exit_.code not in (None, 0):
                 ok = False
                 error = str(exit_.code) if isinstance(exit_.code, str) else f"SystemExit: {exit_.code}"
-        except BaseException as exc:  # noqa: BLE001 - the model's error, reported
+        except BaseException as exc:  # the model's error, reported
             ok = False
             tb = exc.__traceback__
             if tb is not None and tb.tb_frame.f_code.co_filename != name:

@@ -301,10 +301,7 @@ class Ballot:
         rivals.append(VoteClass("", 0, lowest))
         return all(
             leader.votes > rival.votes + swing
-            or (
-                leader.votes == rival.votes + swing
-                and leader.first_candidate < min(rival.first_candidate, lowest)
-            )
+            or (leader.votes == rival.votes + swing and leader.first_candidate < min(rival.first_candidate, lowest))
             for rival in rivals
         )
 

@@ -96,9 +96,7 @@ async def cancel_on_disconnect(work: Awaitable[T], request: Request) -> T:
     return task.result()
 
 
-def create_app(
-    settings: Settings, engine: Engine | None = None, executor: Executor | None = None
-) -> FastAPI:
+def create_app(settings: Settings, engine: Engine | None = None, executor: Executor | None = None) -> FastAPI:
     """The service; tests pass their own engine or executor, production builds them from settings."""
     engine = engine or make_engine(settings)
     executor = executor or make_executor(settings)

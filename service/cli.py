@@ -9,8 +9,8 @@ import uuid
 from typing import Any
 
 import httpx
-from rich.console import Console
 from pydantic import ValidationError
+from rich.console import Console
 from rich.table import Table
 
 from service.schemas import SolveRequest, SolveResponse

@@ -252,9 +252,7 @@ class Solver:
             candidates, config, started=started, stopped_early=stopped_early, deadline_hit=deadline_hit
         )
 
-    async def _run_candidate(
-        self, candidate: Candidate, prompt: str, config: SolveConfig, request_id: str
-    ) -> None:
+    async def _run_candidate(self, candidate: Candidate, prompt: str, config: SolveConfig, request_id: str) -> None:
         """One candidate's loop, with no barrier against the others."""
         session_id = f"{request_id}-{candidate.index}" if config.execution_mode is ExecutionMode.SESSION else None
         try:

@@ -30,9 +30,7 @@ class Reply:
     slow: bool = False  # never answer; wait for the client to disconnect
 
 
-def completion(
-    text: str, finish_reason: str = "stop", usage: dict[str, int] | None = None, **choice: Any
-) -> Reply:
+def completion(text: str, finish_reason: str = "stop", usage: dict[str, int] | None = None, **choice: Any) -> Reply:
     """An OpenAI completions response; extra keyword args go into the choice (e.g. stop_reason)."""
     body: dict[str, Any] = {
         "id": "cmpl-test",
@@ -103,8 +101,4 @@ def make_app(state: FakeServer) -> Starlette:
             return Response(reply.raw, status_code=reply.status, media_type="application/json")
         return JSONResponse(reply.json, status_code=reply.status)
 
-    return Starlette(
-        routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])]
-    )
-
-
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])])

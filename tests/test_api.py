@@ -161,9 +161,7 @@ def test_bad_input_is_a_422_naming_the_field(server: str, body: dict, field: str
     ],
 )
 def test_malformed_bodies(server: str, content: bytes, status: int, needle: str) -> None:
-    response = httpx.post(
-        f"{server}/solve", content=content, headers={"content-type": "application/json"}, timeout=30
-    )
+    response = httpx.post(f"{server}/solve", content=content, headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code == status, response.text
     assert needle in response.json()["message"]
 

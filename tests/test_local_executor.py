@@ -156,11 +156,18 @@ async def test_start_fails_for_a_missing_interpreter() -> None:
     assert "executor failed" in result.error
 
 
-async def test_start_fails_without_numpy(tmp_path: Path) -> None:
-    ex = LocalExecutor(python="/usr/bin/env")  # runs, but is no Python with numpy
-    with pytest.raises(RuntimeError):
+async def test_an_interpreter_without_numpy_is_not_ready(tmp_path: Path) -> None:
+    python = tmp_path / "python-without-site"  # -S: no site-packages, so no numpy
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    ex = LocalExecutor(python=str(python))
+    with pytest.raises(RuntimeError, match="No module named 'numpy'"):
         await ex.start()
     assert not await ex.ready()
+    result = await ex.execute("1", session_id="s")  # the driver's preamble fails too
+    assert result.status is ExecutionStatus.KILLED
+    assert result.error == "Session failed to start: ModuleNotFoundError: No module named 'numpy'"
+    await ex.close()
 
 
 @pytest.mark.parametrize(
@@ -342,6 +349,19 @@ async def test_session_state_persists_and_sessions_are_separate(executor: LocalE
     assert other.status is ExecutionStatus.ERROR
     assert other.error.endswith("NameError: name 'a' is not defined")
     assert (await executor.execute("a", None)).status is ExecutionStatus.ERROR  # nor last_block
+
+
+async def test_session_prints_like_last_block(executor: LocalExecutor) -> None:
+    code = (
+        "x = sp.symbols('x')\n"
+        "sp.pprint(sp.sqrt(x) / 2)\n"  # Unicode only if sys.stdout.encoding says so
+        "print(np.arange(4) ** 2)\n"
+        "sp.Rational(1, 3), 7  # a bare tuple: two arguments to print"
+    )
+    alone = await executor.execute(code)
+    in_session = await executor.execute(code, session_id="s")
+    assert alone.status is in_session.status is ExecutionStatus.OK
+    assert in_session.stdout == alone.stdout == "√x\n──\n2 \n[0 1 4 9]\n1/3 7\n"
 
 
 async def test_session_traceback_spans_blocks(executor: LocalExecutor) -> None:

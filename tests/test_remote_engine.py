@@ -49,9 +49,7 @@ def refused_url() -> Iterator[str]:
     sock.close()
 
 
-def step(
-    prompt: str, request_id: str = "req-1", stop: tuple[str, ...] = (STOP,), **params: Any
-) -> StepRequest:
+def step(prompt: str, request_id: str = "req-1", stop: tuple[str, ...] = (STOP,), **params: Any) -> StepRequest:
     sampling = SamplingParams(
         temperature=params.pop("temperature", 0.8),
         max_new_tokens=params.pop("max_new_tokens", 64),

@@ -257,10 +257,10 @@ async def test_async_pipeline_beats_the_step_barrier_on_the_same_transcripts(exe
 
     def script(candidate: int, step: int, prompt: str) -> tuple[str, float]:
         if candidate % 8 == 0:  # some use the tool and answer
-            texts = ["thinking without code", code(f"{candidate} * 2"), code("0"), boxed(candidate % 3)]
+            texts = ["thinking without code", code(f"{candidate} * 2"), boxed(candidate % 3), ""]
         else:  # the rest never write code: restarted until their steps run out
             texts = ["no code"] * 4
-        return texts[step], 1.5 if (candidate + step) % 8 == 0 else 0.02  # one slow step each
+        return texts[step], 2.0 if (candidate + step) % 8 == 0 else 0.02  # one slow step each
 
     cfg = config(num_samples=48, max_steps=4)
     pipeline_engine, barrier_engine = ScriptedEngine(script), ScriptedEngine(script)

