@@ -69,7 +69,8 @@ class RequestIdMiddleware:
             length = headers.get(b"content-length", b"0")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 body = ErrorResponse(request_id=request_id, message=f"body: larger than {MAX_BODY_BYTES} bytes")
-                return await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send_with_id)
+                response = JSONResponse(body.model_dump(exclude_none=True), status_code=413)
+                return await response(scope, receive, send_with_id)
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
@@ -175,7 +176,7 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     async def readyz() -> JSONResponse:
         checks = {"engine": await engine.ready(), "executor": await executor.ready()}
         body: dict[str, Any] = {"ready": all(checks.values()), **checks}
-        if startup_errors:
+        if startup_errors and not body["ready"]:
             body["errors"] = startup_errors
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
