@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -13,8 +14,9 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +25,7 @@ from service.admission import Admission, Overloaded
 from service.components import make_engine, make_executor
 from service.engines.base import Engine
 from service.logs import request_id_var
+from service.metrics import Metrics
 from service.schemas import ErrorResponse, SolveRequest, SolveResponse
 from service.settings import Settings
 from service.solver import CandidateStatus, Solver, SolveResult
@@ -101,8 +104,10 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     """The service; tests pass their own engine or executor, production builds them from settings."""
     engine = engine or make_engine(settings)
     executor = executor or make_executor(settings)
-    solver = Solver(engine, executor)
+    metrics = Metrics()
+    solver = Solver(engine, executor, on_execution=metrics.observe_execution)
     admission = Admission(settings.max_in_flight, settings.max_queue)
+    metrics.track_queue(lambda: admission.in_flight, lambda: admission.queued)
     startup_errors: dict[str, str] = {}
 
     @asynccontextmanager
@@ -172,9 +177,15 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        metrics.engine_ready.set(await engine.ready())
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/readyz", summary="The engine and the executor can take work")
     async def readyz() -> JSONResponse:
         checks = {"engine": await engine.ready(), "executor": await executor.ready()}
+        metrics.engine_ready.set(checks["engine"])
         body: dict[str, Any] = {"ready": all(checks.values()), **checks}
         if startup_errors and not body["ready"]:
             body["errors"] = startup_errors
@@ -203,6 +214,7 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
             async with admission.slot() as queue_s:
                 return queue_s, await solver.solve(body.problem, config, request_id)
 
+        started = time.monotonic()
         try:  # a client that leaves while queued or solving cancels its candidates
             queue_s, result = await cancel_on_disconnect(admitted(), request)
         except ClientGone:
@@ -210,7 +222,9 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
             return error(request, 499, "client closed the request")
         failures = [c.error for c in result.candidates if c.status is CandidateStatus.FAILED]
         if len(failures) == len(result.candidates):
+            metrics.observe_error(time.monotonic() - started)
             return error(request, 503, f"every candidate failed; first error: {failures[0]}")
+        metrics.observe_solve(result, time.monotonic() - started)
         log.info(
             "solved",
             extra={"answer": result.answer, "agreement": result.agreement, "total_s": round(result.total_s, 3)},

@@ -16,10 +16,11 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sandbox.executor import Executor
+from sandbox.executor import ExecutionResult, Executor
 from service.answers import AnswerMode, Ballot, extract_answer
 from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
 from service.tir import (
@@ -202,9 +203,15 @@ def random_seed() -> int:
 class Solver:
     """Runs SC-TIR for one problem at a time per call; safe to call concurrently."""
 
-    def __init__(self, engine: Engine, executor: Executor) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor,
+        on_execution: Callable[[ExecutionResult, float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.executor = executor
+        self.on_execution = on_execution  # e.g. metrics; called once per executed block
 
     async def solve(self, problem: str, config: SolveConfig, request_id: str) -> SolveResult:
         started = time.monotonic()
@@ -308,4 +315,6 @@ class Solver:
             return None
         finally:
             candidate.execution_s += time.monotonic() - started
+        if self.on_execution:
+            self.on_execution(result, time.monotonic() - started)
         return result.feedback

@@ -159,6 +159,60 @@ def build_tiny_model(
     return path
 
 
+# vLLM on CPU in tests: the engine core without a further worker process, no CPU pinning, one
+# OpenMP thread (the machine has 2 cores). Set before the engine (or the server) starts.
+VLLM_CPU_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "OMP_NUM_THREADS": "1",
+}
+# Engine arguments for the tiny model on CPU: float32 so that a seed gives the same text whatever
+# else is in the batch; a small explicit KV cache; no compilation (a faster start).
+TINY_MAX_MODEL_LEN = 4096
+TINY_KV_CACHE_BYTES = 256 * 2**20
+
+
+# -- a random model that writes TIR text -----------------------------------------------------------
+#
+# vLLM's structured outputs (a regex per request) make the random model's text take the shape of a
+# NuminaMath TIR solution: prose, a Python block that prints an arithmetic expression, the output
+# marker; and after an output block, an answer in \boxed{}. The tokens are still sampled (seeded)
+# from the random model, so texts differ between seeds; only their shape is fixed.
+
+PROSE = r"[a-z][a-z ]{0,23}"
+CODE_STEP_REGEX = (
+    PROSE + r"\n```python\nprint\([1-9][0-9]{0,2}( [+*] [1-9][0-9]?)?\)\n```\n"
+    r"```output\n[0-9]{1,4}\n```\n"  # the model's own (hallucinated) output: cut by the stop string
+)
+ANSWER_STEP_REGEX = PROSE + r" The answer is \$\\boxed\{[0-9]{1,3}\}\$\."
+
+
+def tir_regex(prompt: str) -> str:
+    """Code first; once the prompt holds an executed block (an output the service wrote), the answer."""
+    return ANSWER_STEP_REGEX if "```output\n" in prompt else CODE_STEP_REGEX
+
+
+def constrained_engine_class():
+    """VllmEngine whose steps follow `regex_for(prompt)` (None: unconstrained); needs vllm."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from service.engines.vllm_local import VllmEngine
+
+    class ConstrainedVllmEngine(VllmEngine):
+        def __init__(self, *args, regex_for=tir_regex, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.regex_for = regex_for
+
+        def sampling_params(self, request):
+            params = super().sampling_params(request)
+            regex = self.regex_for(request.prompt)
+            if regex is not None:
+                params.structured_outputs = StructuredOutputsParams(regex=regex)
+            return params
+
+    return ConstrainedVllmEngine
+
+
 if __name__ == "__main__":
     import sys
 
