@@ -94,14 +94,13 @@ class VllmEngine:
         """
         if self._engine is not None:
             return
+        options = self.options
+        _check_local_model(options.model)
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise EngineError(f"vLLM is not installed ({exc}): {_INSTALL_HINT}") from exc
-
-        options = self.options
-        _check_local_model(options.model)
         try:
             args = AsyncEngineArgs(**options.engine_args())
             engine = AsyncLLM.from_engine_args(args)

