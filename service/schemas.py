@@ -44,7 +44,10 @@ class SolveRequest(BaseModel):
         None, description="last_block: each block alone (the seed's); session: blocks share state."
     )
     deadline_s: float | None = Field(
-        None, gt=0, le=MAX_DEADLINE_S, description="Time limit; at the deadline the finished candidates are voted."
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        description="Seconds of solving (queueing excluded); at the deadline the finished candidates are voted.",
     )
     seed: int | None = Field(None, ge=0, lt=2**31, description="Fixes every candidate's sampling seed.")
     return_traces: bool = Field(False, description="Include every candidate's full text.")
