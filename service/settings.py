@@ -62,37 +62,35 @@ class Settings(BaseSettings):
         "served tokenizer's chat template instead when it has one.",
     )
 
-    # In-process vLLM (engine=vllm); defaults suit NuminaMath-7B-TIR-GPTQ on a T4
-    vllm_revision: str | None = Field(None, description="Model revision (branch, tag or commit) on the hub.")
-    vllm_quantization: str | None = Field(
-        None, description='Quantization method, e.g. "gptq"; unset: what the checkpoint\'s config declares.'
+    # In-process vLLM (engine=vllm); the defaults suit NuminaMath-7B-TIR-GPTQ on a T4
+    revision: str | None = Field(None, description="vLLM: model revision (branch, tag or commit) on the hub.")
+    quantization: str | None = Field(
+        None, description='vLLM: quantization method, e.g. "gptq"; unset: what the checkpoint\'s config declares.'
     )
-    vllm_dtype: str = Field(
-        "float16", description='Weights and activations dtype: "float16" (T4 has no bfloat16), "bfloat16", "auto".'
+    dtype: str = Field(
+        "float16", description='vLLM: weights and activations dtype: "float16" (T4: no bfloat16), "bfloat16", "auto".'
     )
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over (2 for 2xT4).")
-    vllm_gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (weights + KV cache)."
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs the model is split over (2 for 2xT4).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: fraction of GPU memory it may use (weights + KV cache)."
     )
-    vllm_max_model_len: int | None = Field(
-        4096, ge=1, description="Context length (prompt + all steps); unset: the model's own."
+    max_model_len: int | None = Field(
+        4096, ge=1, description="vLLM: context length (prompt + all steps); unset: the model's own."
     )
-    vllm_enable_prefix_caching: bool = Field(
-        True, description="Share the KV cache of common prefixes (the prompt, earlier steps)."
+    enable_prefix_caching: bool = Field(
+        True, description="vLLM: share the KV cache of common prefixes (the prompt, earlier steps)."
     )
-    vllm_enforce_eager: bool = Field(
-        False, description="No CUDA graphs or compilation: slower steps, faster start, less memory."
+    enforce_eager: bool = Field(
+        False, description="vLLM: no CUDA graphs or compilation (slower steps, faster start, less memory)."
     )
-    vllm_seed: int = Field(0, description="vLLM's global seed (every step also carries its own seed).")
-    vllm_kv_cache_memory_bytes: int | None = Field(
+    engine_seed: int = Field(0, description="vLLM: the engine's global seed (every step also carries its own).")
+    kv_cache_memory_bytes: int | None = Field(
         None,
         ge=1,
-        description="KV-cache size in bytes; overrides gpu_memory_utilization. On CPU it is the KV "
-        "cache (unset: VLLM_CPU_KVCACHE_SPACE GiB, or vLLM's default).",
+        description="vLLM: KV-cache size in bytes, overriding gpu_memory_utilization; on CPU the KV cache "
+        "(unset: VLLM_CPU_KVCACHE_SPACE GiB, or vLLM's default).",
     )
-    vllm_max_num_seqs: int | None = Field(
-        None, ge=1, description="Sequences vLLM runs at once; unset: vLLM's default."
-    )
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences run at once; unset: vLLM's default.")
 
     # SC-TIR defaults (the winning AIMO run: N=48, M=4, T=0.8)
     num_samples: int = Field(48, ge=1, le=256, description="Candidates per problem (N).")

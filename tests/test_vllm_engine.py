@@ -18,18 +18,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
 from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
+from service.api import create_app
 from service.components import make_engine
 from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
 from service.engines.vllm_local import VllmEngine, VllmOptions
 from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
-from tests.conftest import VLLM_MISSING
+from tests.servers import serve_in_thread
 from tests.tiny_model import (
     TINY_KV_CACHE_BYTES,
     TINY_MAX_MODEL_LEN,
@@ -56,15 +58,15 @@ def test_settings_become_engine_arguments() -> None:
     settings = Settings(
         engine=EngineKind.VLLM,
         model="AI-MO/NuminaMath-7B-TIR-GPTQ",
-        vllm_revision="main",
-        vllm_quantization="gptq",
-        vllm_tensor_parallel_size=2,
-        vllm_gpu_memory_utilization=0.95,
-        vllm_max_model_len=4096,
-        vllm_enforce_eager=True,
-        vllm_seed=3,
-        vllm_kv_cache_memory_bytes=2**30,
-        vllm_max_num_seqs=96,
+        revision="main",
+        quantization="gptq",
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.95,
+        max_model_len=4096,
+        enforce_eager=True,
+        engine_seed=3,
+        kv_cache_memory_bytes=2**30,
+        max_num_seqs=96,
     )
     engine = make_engine(settings)
     assert isinstance(engine, VllmEngine) and isinstance(engine, Engine)
@@ -121,6 +123,15 @@ async def test_model_dir_without_config(tmp_path: Path) -> None:
         await VllmEngine(VllmOptions(model=str(tmp_path))).start()
 
 
+async def test_start_failure_surfaces_in_readyz() -> None:
+    """`sctir serve --engine vllm` with a wrong model path keeps serving and says why it is not ready."""
+    settings = Settings(engine=EngineKind.VLLM, model="/models/missing")
+    with serve_in_thread(create_app(settings, executor=LocalExecutor()), "/healthz") as url:
+        response = await asyncio.to_thread(httpx.get, f"{url}/readyz")
+    assert response.status_code == 503
+    assert response.json()["errors"] == {"engine": "model path '/models/missing' not found"}
+
+
 async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", None)  # makes the import fail
@@ -157,9 +168,8 @@ def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(tiny_model_dir: Path, cpu_env: None) -> AsyncIterator[VllmEngine]:
+async def engine(vllm_installed: None, tiny_model_dir: Path, cpu_env: None) -> AsyncIterator[VllmEngine]:
     """The module's one engine: unconstrained unless a test sets `regex_for` (see `tir_text`)."""
-    pytest.importorskip("vllm", reason=VLLM_MISSING)
     started = time.monotonic()
     eng = constrained_engine_class()(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
     await eng.start()

