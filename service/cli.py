@@ -1,4 +1,4 @@
-"""`sctir serve | solve`: run the HTTP service, or solve one problem from the shell."""
+"""`sctir serve | solve | eval`: run the HTTP service, solve one problem, or evaluate on a set."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from service.evaluation import command as eval_command
 from service.schemas import SolveRequest, SolveResponse
 from service.settings import Settings
 
@@ -103,12 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (flags: sctir serve --help)", add_help=False)
     _solve_parser(sub)
+    eval_command.add_parser(sub)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         serve(Settings(_cli_parse_args=rest))
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "eval":
+        raise SystemExit(eval_command.run(args))
     fields = {k: v for k, v in vars(args).items() if k in SolveRequest.model_fields and v is not None}
     try:
         request = SolveRequest.model_validate({**fields, "return_traces": args.traces})
