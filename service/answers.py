@@ -114,6 +114,12 @@ def _mv_timeout() -> int | None:
     return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
+_BRACELESS_FRAC = re.compile(r"\\[dt]?frac\s*(\\[A-Za-z]+|[^\s{}\\])\s*(\\[A-Za-z]+|[^\s{}\\])")
+_NOT_A_NUMBER = re.compile(r"\d\s*_|[:,;]")
+"""Left after ungrouping, these mean a base subscript, a ratio, or a list: math-verify would
+silently drop the subscript (2112_6 -> 2112) or join the list (70,110 -> 70110)."""
+
+
 def _ungroup(text: str) -> str:
     """Thousands separators out of a lone number: math-verify reads "1\\,000" as 1*0."""
     return re.sub(_SEPARATOR, "", text) if _THOUSANDS.fullmatch(text) else text
@@ -147,6 +153,9 @@ def _number(raw: str) -> tuple[Fraction, bool] | None:
     while wrapped := _WRAPPER.fullmatch(text):
         text = wrapped.group(1).strip()
     text = _ungroup(_DECORATION.sub("", text).strip().rstrip("."))
+    if _NOT_A_NUMBER.search(text):
+        return None
+    text = _BRACELESS_FRAC.sub(r"\\frac{\1}{\2}", text)  # math-verify misreads "\frac \pi4"
     if _PLAIN_NUMBER.fullmatch(text):
         try:
             return Fraction(text), True

@@ -444,3 +444,18 @@ def test_math_references_with_different_values_stay_apart() -> None:
     assert len(pairs) == 40
     merged = [(a, b) for a, b in pairs if len(tally([(0, a), (1, b)], EXPRESSION).classes) != 2]
     assert merged == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2112_6", None),  # a base-6 numeral, not 2112
+        ("3:1", None),  # a ratio
+        ("1, 2", None),  # a list
+        ("\\frac \\pi4 + 2 - \\sqrt2", None),  # brace-less \frac: about 1.37, not 2
+        ("\\dfrac{48}4", "12"),
+        ("1,\\!000", "1000"),
+    ],
+)
+def test_integer_mode_refuses_what_math_verify_would_misread(raw: str, expected: str | None) -> None:
+    assert normalize(raw, AnswerMode.INTEGER) == expected
