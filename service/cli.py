@@ -82,6 +82,21 @@ def print_response(response: SolveResponse) -> None:
     )
 
 
+TRAIN_STAGES = {"sft": "training.sft", "kto": "training.kto", "quantize": "training.quantize"}
+
+
+def train(argv: list[str]) -> None:
+    """`sctir train STAGE RECIPE [KEY=VALUE ...] [--output-dir DIR]`: one stage of training/."""
+    import importlib
+
+    if not argv or argv[0] not in TRAIN_STAGES:
+        raise SystemExit(
+            f"usage: sctir train {{{','.join(TRAIN_STAGES)}}} RECIPE [KEY=VALUE ...] [--output-dir DIR]\n"
+            "  e.g. sctir train sft training/recipes/tiny/stage1_cot.yaml (python -m training.sft --help)"
+        )
+    importlib.import_module(TRAIN_STAGES[argv[0]]).main(argv[1:])
+
+
 def _solve_parser(sub: Any) -> None:
     parser = sub.add_parser("solve", help="solve one problem and print the answer, the votes and timings")
     parser.add_argument("problem", help="the problem statement")
@@ -103,11 +118,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sctir", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (flags: sctir serve --help)", add_help=False)
+    sub.add_parser("demo", help="build the offline demo model (flags: sctir demo --help)", add_help=False)
+    sub.add_parser("train", help="run a training stage: sctir train {sft,kto,quantize} RECIPE", add_help=False)
     _solve_parser(sub)
     eval_command.add_parser(sub)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         serve(Settings(_cli_parse_args=rest))
+        return
+    if args.command == "demo":
+        from training.demo import main as build_demo
+
+        build_demo(rest)
+        return
+    if args.command == "train":
+        train(rest)
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
