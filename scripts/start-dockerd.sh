@@ -35,7 +35,11 @@ fi
 
 args=(--host=unix:///var/run/docker.sock --pidfile="$DOCKERD_PIDFILE")
 if command -v runsc >/dev/null 2>&1; then
-    args+=(--add-runtime "runsc=$(command -v runsc)")
+    # gVisor as the optional `runsc` runtime. Sandbox containers have no network, and runsc's own
+    # network stack refuses to start in this kind of netns, so it runs with --network=none.
+    config=${DOCKERD_CONFIG:-/tmp/sctir-dockerd.json}
+    printf '{"runtimes": {"runsc": {"path": "%s", "runtimeArgs": ["--network=none"]}}}\n' "$(command -v runsc)" >"$config"
+    args+=(--config-file "$config")
 fi
 # shellcheck disable=SC2206  # word splitting of the extra args is intended
 args+=($DOCKERD_EXTRA_ARGS)

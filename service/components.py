@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from sandbox.executor import Executor
 from sandbox.local import LocalExecutor
@@ -46,6 +47,33 @@ def make_engine(settings: Settings) -> Engine:
 
 def make_executor(settings: Settings) -> Executor:
     match settings.executor:
+        case ExecutorKind.DOCKER:
+            from sandbox.pool import DockerExecutor, DockerLimits
+
+            log.info(
+                "code execution: %d sandbox container(s) of %s, %d blocks each at once (runtime %s)",
+                settings.sandbox_pool_size,
+                settings.sandbox_image,
+                settings.sandbox_container_concurrency,
+                settings.sandbox_runtime or "default",
+            )
+            return DockerExecutor(
+                image=settings.sandbox_image,
+                size=settings.sandbox_pool_size,
+                concurrency=settings.sandbox_container_concurrency,
+                timeout_s=settings.execution_timeout_s,
+                max_output_bytes=settings.execution_max_output_bytes,
+                limits=DockerLimits(
+                    memory=settings.sandbox_memory,
+                    pids=settings.sandbox_pids_limit,
+                    cpus=settings.sandbox_cpus,
+                    tmpfs_size=settings.sandbox_tmpfs_size,
+                    runtime=settings.sandbox_runtime,
+                ),
+                pool_name=settings.sandbox_pool_name,
+                environment={k: os.environ[k] for k in settings.sandbox_env_passthrough if k in os.environ},
+                start_timeout_s=settings.sandbox_start_timeout_s,
+            )
         case ExecutorKind.LOCAL:
             log.warning(
                 "code execution is NOT isolated: model-written code runs as this user on this host "
@@ -55,4 +83,5 @@ def make_executor(settings: Settings) -> Executor:
                 python=settings.python,
                 timeout_s=settings.execution_timeout_s,
                 concurrency=settings.execution_concurrency,
+                max_output_bytes=settings.execution_max_output_bytes,
             )

@@ -27,7 +27,8 @@ class EngineKind(StrEnum):
 
 
 class ExecutorKind(StrEnum):
-    LOCAL = "local"  # a python3 subprocess per block on this host: NOT isolated
+    DOCKER = "docker"  # warm, hardened sandbox containers (sandbox/pool.py): the default
+    LOCAL = "local"  # the same runner as a plain process on this host: NOT isolated (opt-in)
 
 
 class Settings(BaseSettings):
@@ -106,9 +107,44 @@ class Settings(BaseSettings):
     output_limit_chars: int = Field(200, ge=1, description="Execution output shown to the model.")
 
     # Code execution
-    executor: ExecutorKind = Field(ExecutorKind.LOCAL, description="Where model-written code runs.")
+    executor: ExecutorKind = Field(
+        ExecutorKind.DOCKER,
+        description="Where model-written code runs: docker (isolated sandbox containers) or local "
+        "(the same runner as a plain process on this host: NOT isolated, for hosts without Docker).",
+    )
     execution_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one code block.")
     execution_concurrency: int = Field(
-        os.cpu_count() or 1, ge=1, description="Code blocks executed at once."
+        os.cpu_count() or 1, ge=1, description="local executor: code blocks executed at once."
     )
-    python: str = Field(sys.executable, description="Interpreter of the local executor.")
+    execution_max_output_bytes: int = Field(
+        64 * 1024, ge=1, description="stdout kept per block; a block printing twice as much is killed."
+    )
+    python: str = Field(sys.executable, description="local executor: the interpreter that runs the runner.")
+
+    # The Docker sandbox (executor=docker); build its image with scripts/build-sandbox-image.sh
+    sandbox_image: str = Field(
+        "sctir-sandbox:latest", description="sandbox: the image of the sandbox containers (sandbox/image/)."
+    )
+    sandbox_pool_size: int = Field(2, ge=1, description="sandbox: warm containers in the pool.")
+    sandbox_container_concurrency: int = Field(
+        4, ge=1, description="sandbox: code blocks run at once in one container (as many are forked ahead)."
+    )
+    sandbox_memory: str = Field("1g", description="sandbox: memory limit of a container (also memory+swap: no swap).")
+    sandbox_pids_limit: int = Field(256, ge=16, description="sandbox: process limit of a container.")
+    sandbox_cpus: float = Field(1.0, gt=0, description="sandbox: CPU limit of a container, in cores.")
+    sandbox_tmpfs_size: str = Field("64m", description="sandbox: size of a container's /tmp (a noexec tmpfs).")
+    sandbox_runtime: str | None = Field(
+        None, description='sandbox: OCI runtime, e.g. "runsc" for gVisor (must be registered with dockerd).'
+    )
+    sandbox_pool_name: str = Field(
+        "sctir",
+        description="sandbox: label of this service's containers; leftovers with it are removed at start, "
+        "so give each service sharing a Docker engine its own name.",
+    )
+    sandbox_env_passthrough: list[str] = Field(
+        default_factory=lambda: ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+        description="sandbox: host environment variables copied into the containers when set (nothing else is).",
+    )
+    sandbox_start_timeout_s: float = Field(
+        60.0, gt=0, description="sandbox: time for a container to become ready (and for a block to get one)."
+    )

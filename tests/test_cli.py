@@ -38,7 +38,7 @@ def model_server() -> Iterator[FakeServer]:
 
 
 def engine_env(model_server: FakeServer, **extra: str) -> dict[str, str]:
-    return os.environ | {"SCTIR_REMOTE_URL": model_server.url, "SCTIR_MODEL": MODEL, **extra}
+    return os.environ | {"SCTIR_REMOTE_URL": model_server.url, "SCTIR_MODEL": MODEL, "SCTIR_EXECUTOR": "local", **extra}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,869 @@
+"""The host side of the sandbox: warm runners (Docker containers, or local processes) behind one Executor.
+
+A *slot* is one runner (sandbox/runner.py) and the framed connection to it:
+a hardened Docker container attached over its stdin/stdout (`DockerBackend`),
+or a plain subprocess for the `local` executor (`LocalBackend`, NOT
+isolated). `SandboxPool` keeps `size` slots warm, runs at most `concurrency`
+executions in each, pins a session (one candidate's blocks) to one slot, and
+turns every failure into an ExecutionResult:
+
+- a block that times out, crashes, floods its output or is OOM-killed is the
+  runner's business: it answers with a result and stays up;
+- a slot whose runner dies (the container was OOM-killed or removed) or stops
+  answering (`timeout + answer_grace_s`) fails the executions it was running
+  with KILLED results, and is replaced in the background;
+- every container carries labels; `start()` removes the leftovers of an
+  earlier process with the same pool name, `close()` every container it made.
+
+`stats()` gives the counters for metrics: warm slots, busy executions,
+replaced slots and more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox.executor import ExecutionResult, ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+HEADER = struct.Struct(">I")
+LABEL = "sctir.sandbox"
+LABEL_POOL = "sctir.sandbox.pool"
+LABEL_OWNER = "sctir.sandbox.owner"
+RESET_NOTE = "The session state was reset."
+
+
+class SandboxUnavailable(RuntimeError):
+    """No runner can be started (no Docker engine, no image, a broken interpreter...)."""
+
+
+class RunnerLost(ConnectionError):
+    """The connection to a runner ended (the process or container died)."""
+
+
+def encode(message: dict) -> bytes:
+    data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return HEADER.pack(len(data)) + data
+
+
+# ---------------------------------------------------------------------------
+# One runner connection
+
+
+class RunnerConnection:
+    """Requests and replies over a runner's stdin/stdout (framed JSON, see runner.py).
+
+    `multiplexed`: the stream is Docker's attach stream of a container without
+    a TTY, where stdout and stderr arrive in frames of an 8-byte header (stream
+    number, length) and a payload; stderr lines are logged.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str,
+        multiplexed: bool = False,
+        max_frame: int = 64 << 20,
+    ) -> None:
+        self.name = name
+        self.reader = reader
+        self.writer = writer
+        self.multiplexed = multiplexed
+        self.max_frame = max_frame
+        self.lost: str | None = None
+        self.closed = asyncio.Event()
+        self.hello: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, asyncio.Future[dict]] = {}
+        self.ids = itertools.count(1)
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self._stderr_buf = bytearray()
+        self._task = asyncio.create_task(self._read_loop(), name=f"runner-reader-{name}")
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        if self.lost is not None:
+            raise RunnerLost(self.lost)
+        self.writer.write(encode(message))
+
+    def request(self, message: dict) -> tuple[int, asyncio.Future[dict]]:
+        """Send `message` with a fresh id; the future resolves with the runner's reply."""
+        request_id = next(self.ids)
+        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        try:
+            self.send({**message, "id": request_id})
+        except RunnerLost:
+            self.pending.pop(request_id, None)
+            raise
+        return request_id, future
+
+    async def call(self, message: dict, timeout: float) -> dict:
+        request_id, future = self.request(message)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop(request_id, None)
+
+    # -- receiving -------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "the runner closed its output"
+        buffer = bytearray()
+        try:
+            while True:
+                if self.multiplexed:
+                    header = await self.reader.readexactly(8)
+                    stream, size = header[0], int.from_bytes(header[4:8], "big")
+                    payload = await self.reader.readexactly(size)
+                    if stream == 2:
+                        self._on_stderr(payload)
+                        continue
+                    buffer += payload
+                else:
+                    chunk = await self.reader.read(1 << 16)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                while len(buffer) >= HEADER.size:
+                    (size,) = HEADER.unpack_from(buffer)
+                    if size > self.max_frame:
+                        raise RunnerLost(f"a reply of {size} bytes (the limit is {self.max_frame})")
+                    if len(buffer) < HEADER.size + size:
+                        break
+                    body = bytes(buffer[HEADER.size : HEADER.size + size])
+                    del buffer[: HEADER.size + size]
+                    self._on_message(json.loads(body.decode("utf-8", "surrogatepass")))
+        except asyncio.IncompleteReadError:
+            pass
+        except asyncio.CancelledError:
+            reason = "the connection was closed"
+            raise
+        except (OSError, ValueError, RunnerLost) as error:
+            reason = f"the connection failed: {error}"
+        finally:
+            self._lose(reason)
+
+    def _on_message(self, message: dict) -> None:
+        if message.get("type") == "hello":
+            if not self.hello.done():
+                self.hello.set_result(message)
+            return
+        future = self.pending.pop(message.get("id"), None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _on_stderr(self, data: bytes) -> None:
+        self._stderr_buf += data
+        while b"\n" in self._stderr_buf:
+            line, _, rest = bytes(self._stderr_buf).partition(b"\n")
+            self._stderr_buf = bytearray(rest)
+            text = line.decode("utf-8", "replace")
+            self.stderr_tail.append(text)
+            log.info("sandbox %s: %s", self.name, text)
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        error = RunnerLost(self.lost)
+        if not self.hello.done():
+            self.hello.set_exception(error)
+            self.hello.exception()  # retrieved: no "never retrieved" warning if nobody waits
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()
+        self.pending.clear()
+        self.closed.set()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------
+# Slots and backends
+
+
+@dataclass(eq=False)
+class Slot:
+    """One runner, its connection and its load."""
+
+    name: str
+    conn: RunnerConnection
+    capacity: int
+    hello: dict
+    handle: object = None  # the backend's: a container, a process
+    inflight: int = 0
+    sessions: set[str] = field(default_factory=set)
+    retired: bool = False  # replaced or closing: takes no new work
+
+    @property
+    def alive(self) -> bool:
+        return not self.retired and self.conn.lost is None
+
+
+class Backend:
+    """Starts and stops runners; the pool does the rest."""
+
+    name = "backend"
+
+    async def prepare(self) -> None:
+        """Check that runners can start (and clean up leftovers); raise SandboxUnavailable if not."""
+
+    async def launch(self, name: str, spares: int) -> tuple[RunnerConnection, object]:
+        raise NotImplementedError
+
+    async def death_reason(self, slot: Slot) -> str:
+        return slot.conn.lost or "unknown"
+
+    async def stop(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+    async def cleanup(self) -> None:
+        """Stop whatever `launch` started that is still around."""
+
+
+class LocalBackend(Backend):
+    """Runners as subprocesses of this process: no isolation at all (see LocalExecutor)."""
+
+    name = "local"
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.processes: set[asyncio.subprocess.Process] = set()
+
+    async def launch(self, name: str, spares: int) -> tuple[RunnerConnection, object]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python,
+                str(RUNNER_PATH),
+                "--spares",
+                str(spares),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise SandboxUnavailable(f"cannot run {self.python!r}: {error}") from error
+        self.processes.add(proc)
+        conn = RunnerConnection(proc.stdout, proc.stdin, name=name)
+        asyncio.create_task(self._drain_stderr(proc, conn), name=f"runner-stderr-{name}")
+        return conn, proc
+
+    @staticmethod
+    async def _drain_stderr(proc: asyncio.subprocess.Process, conn: RunnerConnection) -> None:
+        with contextlib.suppress(Exception):
+            while line := await proc.stderr.readline():
+                text = line.decode("utf-8", "replace").rstrip("\n")
+                conn.stderr_tail.append(text)
+                log.info("runner %s: %s", conn.name, text)
+
+    async def death_reason(self, slot: Slot) -> str:
+        proc: asyncio.subprocess.Process = slot.handle
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 1.0)
+        rc = proc.returncode
+        if rc is None:
+            return slot.conn.lost or "it stopped answering"
+        return (
+            f"killed by {signal.Signals(-rc).name}"
+            if rc < 0 and -rc in signal.Signals._value2member_map_
+            else f"exit code {rc}"
+        )
+
+    async def stop(self, slot: Slot) -> None:
+        proc: asyncio.subprocess.Process = slot.handle
+        if proc.returncode is None and slot.conn.lost is None:
+            with contextlib.suppress(Exception):
+                await slot.conn.call({"op": "shutdown"}, timeout=3.0)
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 3.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 3.0)
+        await slot.conn.close()
+        self.processes.discard(proc)
+
+    async def cleanup(self) -> None:
+        for proc in list(self.processes):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self.processes.clear()
+
+
+@dataclass
+class DockerLimits:
+    """How every sandbox container is confined (the defaults suit a 2-core, 8+ GiB host)."""
+
+    memory: str = "1g"  # also the memory+swap limit: no swap
+    pids: int = 256
+    cpus: float = 1.0
+    tmpfs_size: str = "64m"
+    runtime: str | None = None  # e.g. "runsc" for gVisor
+    user: str = "10001:10001"
+    shm_size: str = "16m"
+    nofile: int = 1024
+
+
+class DockerBackend(Backend):
+    """Runners in hardened containers of the sandbox image, over the Docker SDK.
+
+    Every container: network_mode=none, read-only root, a size-limited noexec
+    tmpfs on /tmp, memory (= memory+swap), pids and CPU limits, all
+    capabilities dropped, no-new-privileges, a non-root user, no core files,
+    the `none` log driver (the protocol never lands on disk), optionally
+    another runtime such as runsc; labelled with the pool name and owner.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        image: str = "sctir-sandbox:latest",
+        pool_name: str = "sctir",
+        limits: DockerLimits | None = None,
+        environment: dict[str, str] | None = None,
+        client=None,
+        runner_args: list[str] | None = None,
+    ) -> None:
+        self.image = image
+        self.pool_name = pool_name
+        self.limits = limits or DockerLimits()
+        self.environment = dict(environment or {})
+        self.client = client
+        self.runner_args = list(runner_args or [])
+        self.created: set[str] = set()
+
+    def _client(self):
+        if self.client is None:
+            try:
+                import docker
+            except ImportError as error:
+                raise SandboxUnavailable("the Docker SDK is not installed (pip install docker)") from error
+            try:
+                self.client = docker.from_env(version="auto")
+                self.client.ping()
+            except Exception as error:
+                self.client = None
+                raise SandboxUnavailable(f"no Docker engine answers: {error}") from error
+        return self.client
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        import docker.errors
+
+        client = self._client()
+        try:
+            client.images.get(self.image)
+        except docker.errors.ImageNotFound:
+            raise SandboxUnavailable(
+                f"the sandbox image {self.image!r} is not built: run scripts/build-sandbox-image.sh"
+            ) from None
+        if self.limits.runtime:
+            runtimes = client.info().get("Runtimes", {})
+            if self.limits.runtime not in runtimes:
+                raise SandboxUnavailable(
+                    f"the Docker engine has no runtime {self.limits.runtime!r} (it has: {', '.join(sorted(runtimes))})"
+                )
+        reaped = self._reap()
+        if reaped:
+            log.warning("removed %d leftover sandbox container(s) of pool %r", reaped, self.pool_name)
+
+    def _reap(self) -> int:
+        """Remove the containers of this pool name (leftovers of a process that did not close its pool)."""
+        client = self._client()
+        leftovers = client.containers.list(all=True, filters={"label": [f"{LABEL_POOL}={self.pool_name}"]})
+        for container in leftovers:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+        return len(leftovers)
+
+    async def launch(self, name: str, spares: int) -> tuple[RunnerConnection, object]:
+        container, sock = await asyncio.to_thread(self._create, name, spares)
+        # Our own dup of the attach socket, for asyncio; the SDK's objects stay referenced in the handle.
+        raw = getattr(sock, "_sock", sock)
+        ours = socket.socket(fileno=os.dup(raw.fileno()))
+        ours.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=ours, limit=1 << 20)
+        conn = RunnerConnection(reader, writer, name=name, multiplexed=True)
+        handle = {"container": container, "sock": sock}
+        try:
+            await asyncio.to_thread(container.start)
+        except Exception:
+            await conn.close()
+            await asyncio.to_thread(self._remove, container)
+            raise
+        return conn, handle
+
+    def _create(self, name: str, spares: int):
+        import docker.types
+
+        client = self._client()
+        api = client.api
+        limits = self.limits
+        host_config = api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmpfs_size},mode=1777"},
+            mem_limit=limits.memory,
+            memswap_limit=limits.memory,
+            pids_limit=limits.pids,
+            nano_cpus=int(limits.cpus * 1e9),
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            log_config=docker.types.LogConfig(type="none"),
+            ulimits=[
+                docker.types.Ulimit(name="core", soft=0, hard=0),
+                docker.types.Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
+            ],
+            shm_size=limits.shm_size,
+            runtime=limits.runtime or None,
+        )
+        created = api.create_container(
+            self.image,
+            command=["--purge-tmp", "--spares", str(spares), *self.runner_args],
+            name=name,
+            hostname="sandbox",
+            user=limits.user,
+            environment=self.environment,
+            labels={LABEL: "1", LABEL_POOL: self.pool_name, LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"},
+            # Not detached, stdin open: attached stdin/stdout/stderr and StdinOnce, so when our
+            # connection ends the runner reads EOF and the container stops.
+            detach=False,
+            stdin_open=True,
+            tty=False,
+            network_disabled=True,
+            host_config=host_config,
+        )
+        container = client.containers.get(created["Id"])
+        self.created.add(container.id)
+        try:
+            sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        except Exception:
+            self._remove(container)
+            raise
+        return container, sock
+
+    def _remove(self, container) -> None:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+        self.created.discard(container.id)
+
+    async def death_reason(self, slot: Slot) -> str:
+        container = slot.handle["container"]
+
+        def inspect() -> str:
+            try:
+                container.reload()
+            except Exception as error:
+                return f"the container is gone ({error.__class__.__name__})"
+            state = container.attrs.get("State", {})
+            if state.get("OOMKilled"):
+                return f"the container ran out of memory (exit code {state.get('ExitCode')})"
+            if state.get("Running"):
+                return slot.conn.lost or "it stopped answering"
+            return f"the container exited (exit code {state.get('ExitCode')})"
+
+        return await asyncio.to_thread(inspect)
+
+    async def stop(self, slot: Slot) -> None:
+        handle = slot.handle
+        if slot.conn.lost is None:
+            with contextlib.suppress(Exception):
+                slot.conn.send({"op": "shutdown", "id": 0})
+        await slot.conn.close()
+        with contextlib.suppress(Exception):
+            handle["sock"].close()
+        await asyncio.to_thread(self._remove, handle["container"])
+
+    async def cleanup(self) -> None:
+        if not self.created or self.client is None:
+            return
+
+        def remove_all() -> None:
+            for container_id in list(self.created):
+                with contextlib.suppress(Exception):
+                    self.client.containers.get(container_id).remove(force=True)
+                self.created.discard(container_id)
+
+        await asyncio.to_thread(remove_all)
+
+
+# ---------------------------------------------------------------------------
+# The pool (an Executor)
+
+
+class SandboxPool:
+    """Warm runners behind the Executor protocol (see sandbox/executor.py).
+
+    `size` slots, each running at most `concurrency` executions at once and
+    keeping that many spares forked ahead of demand. `last_block` executions
+    go to the least busy slot; a session sticks to the slot of its first
+    block (and its live process there) until it is closed or the slot dies.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        size: int = 2,
+        concurrency: int = 4,
+        timeout_s: float = 5.0,
+        max_output_bytes: int = 64 * 1024,
+        start_timeout_s: float = 60.0,
+        answer_grace_s: float = 10.0,
+        name: str = "sandbox",
+    ) -> None:
+        if size < 1 or concurrency < 1 or timeout_s <= 0 or max_output_bytes <= 0:
+            raise ValueError("size, concurrency, timeout_s and max_output_bytes must be positive")
+        self.backend = backend
+        self.size = size
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_output_bytes = max_output_bytes
+        self.start_timeout_s = start_timeout_s
+        self.answer_grace_s = answer_grace_s
+        self.name = name
+        self.slots: list[Slot] = []
+        self.start_error: str | None = None
+        self._prepared = False
+        self._closed = False
+        self._changed = asyncio.Condition()
+        self._starting = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._session_slot: dict[str, Slot] = {}
+        self._session_locks: dict[str, asyncio.Lock] = {}
+        self._launches = itertools.count(1)
+        self._start_lock = asyncio.Lock()
+        self.counters = {"executions": 0, "replaced": 0, "slot_failures": 0, "killed_by_slot_loss": 0}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start `size` warm slots; raises RuntimeError if none can start (and ready() stays False)."""
+        async with self._start_lock:
+            self._closed = False
+            try:
+                if not self._prepared:
+                    await self.backend.prepare()
+                    self._prepared = True
+            except Exception as error:
+                self.start_error = str(error)
+                raise RuntimeError(self.start_error) from error
+            missing = self.size - len(self._live()) - self._starting
+            results = await asyncio.gather(*(self._add_slot() for _ in range(missing)), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors and not self._live():
+                self.start_error = str(errors[0])
+                raise RuntimeError(self.start_error) from errors[0]
+            for error in errors:  # some started: retry the others in the background
+                log.warning("a sandbox slot failed to start: %s", error)
+                self._spawn_task(self._replace_later())
+            self.start_error = None
+
+    async def ready(self) -> bool:
+        return bool(self._live())
+
+    async def close(self) -> None:
+        """Stop every slot and remove everything the backend started."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            slot.retired = True
+        await asyncio.gather(*(self.backend.stop(slot) for slot in slots), return_exceptions=True)
+        await self.backend.cleanup()
+        self._session_slot.clear()
+        self._session_locks.clear()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def stats(self) -> dict:
+        """Counters for metrics: warm slots, busy executions, replaced slots, ..."""
+        live = self._live()
+        return {
+            "size": self.size,
+            "warm": len(live),
+            "starting": self._starting,
+            "busy": sum(slot.inflight for slot in live),
+            "capacity": len(live) * self.concurrency,
+            "sessions": len(self._session_slot),
+            **self.counters,
+        }
+
+    def _live(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.alive]
+
+    def _spawn_task(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _add_slot(self) -> Slot:
+        self._starting += 1
+        name = f"{self.name}-{uuid.uuid4().hex[:8]}-{next(self._launches)}"
+        try:
+            conn, handle = await self.backend.launch(name, self.concurrency)
+            slot = Slot(name=name, conn=conn, capacity=self.concurrency, hello={}, handle=handle)
+            try:
+                hello = await asyncio.wait_for(asyncio.shield(conn.hello), self.start_timeout_s)
+            except (TimeoutError, RunnerLost) as error:
+                reason = "it did not say hello in time" if isinstance(error, TimeoutError) else str(error)
+                tail = "; ".join(conn.stderr_tail)
+                await self.backend.stop(slot)
+                detail = f"the runner failed to start: {reason}" + (f" ({tail})" if tail else "")
+                raise SandboxUnavailable(detail) from None
+            except BaseException:
+                await self.backend.stop(slot)
+                raise
+            if not hello.get("ready"):
+                await self.backend.stop(slot)
+                raise SandboxUnavailable(f"the runner is not ready: {hello.get('error')}")
+            slot.hello = hello
+            if self._closed:
+                await self.backend.stop(slot)
+                raise SandboxUnavailable("the pool is closed")
+            self.slots.append(slot)
+            self._spawn_task(self._watch(slot))
+            log.info(
+                "sandbox slot %s ready (%s backend, zygote import %.2f s)",
+                name,
+                self.backend.name,
+                hello.get("import_s", 0),
+            )
+            return slot
+        finally:
+            self._starting -= 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _watch(self, slot: Slot) -> None:
+        """Replace `slot` once its runner is gone."""
+        await slot.conn.closed.wait()
+        if slot.retired or self._closed:
+            return
+        await self._condemn(slot, await self.backend.death_reason(slot))
+
+    async def _condemn(self, slot: Slot, reason: str) -> None:
+        """Take `slot` out of service and start a replacement in the background."""
+        if slot.retired or self._closed:
+            return
+        slot.retired = True
+        self.counters["slot_failures"] += 1
+        log.warning("sandbox slot %s failed (%s); replacing it", slot.name, reason)
+        for session_id in list(slot.sessions):
+            if self._session_slot.get(session_id) is slot:
+                del self._session_slot[session_id]
+        self._spawn_task(self._replace(slot))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _replace(self, old: Slot) -> None:
+        with contextlib.suppress(Exception):
+            await self.backend.stop(old)
+        with contextlib.suppress(ValueError):
+            self.slots.remove(old)
+        self.counters["replaced"] += 1
+        await self._replace_later(delay=0.0)
+
+    async def _replace_later(self, delay: float = 0.5) -> None:
+        """Start one slot, retrying with backoff while the pool is short of slots."""
+        while not self._closed and len(self._live()) + self._starting < self.size:
+            await asyncio.sleep(delay)
+            try:
+                await self._add_slot()
+                return
+            except Exception as error:
+                self.start_error = str(error)
+                delay = min(max(delay * 2, 0.5), 30.0)
+                log.warning("sandbox slot failed to start (%s); retrying in %.1f s", error, delay)
+
+    # -- execution -----------------------------------------------------------------
+
+    async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
+        started = time.monotonic()
+        self.counters["executions"] += 1
+        try:
+            if session_id is None:
+                return await self._execute(code, None, started)
+            lock = self._session_locks.setdefault(session_id, asyncio.Lock())
+            async with lock:  # one block of a session at a time, in order
+                return await self._execute(code, session_id, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # no runner, or a bug here: the request must not fail
+            if not isinstance(error, SandboxUnavailable):
+                log.exception("sandbox executor failed")
+            return _result(ExecutionStatus.KILLED, "", f"executor failed: {error}", started)
+
+    async def _execute(self, code: str, session_id: str | None, started: float) -> ExecutionResult:
+        slot = await self._acquire(session_id)
+        try:
+            return await self._run(slot, code, session_id, started)
+        finally:
+            slot.inflight -= 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _acquire(self, session_id: str | None) -> Slot:
+        """A live slot with room (the session's own, if it has one); starts the pool if needed."""
+        deadline = time.monotonic() + self.start_timeout_s
+        async with self._changed:
+            while True:
+                if self._closed:
+                    raise SandboxUnavailable("the executor is closed")
+                slot = self._pick(session_id)
+                if slot is not None:
+                    slot.inflight += 1
+                    if session_id is not None and self._session_slot.get(session_id) is not slot:
+                        self._session_slot[session_id] = slot
+                        slot.sessions.add(session_id)
+                    return slot
+                if not self._live() and not self._starting:
+                    self._changed.release()
+                    try:
+                        await self.start()  # the first use, or every slot died: start (or fail) now
+                    except RuntimeError as error:
+                        raise SandboxUnavailable(str(error)) from None
+                    finally:
+                        await self._changed.acquire()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SandboxUnavailable(f"no sandbox became available within {self.start_timeout_s} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _pick(self, session_id: str | None) -> Slot | None:
+        if session_id is not None:
+            slot = self._session_slot.get(session_id)
+            if slot is not None:
+                if slot.alive:
+                    return slot if slot.inflight < slot.capacity else None
+                del self._session_slot[session_id]  # its slot died: the state is gone, start over
+        candidates = [slot for slot in self._live() if slot.inflight < slot.capacity]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda slot: (slot.inflight, len(slot.sessions)))
+
+    async def _run(self, slot: Slot, code: str, session_id: str | None, started: float) -> ExecutionResult:
+        message = {
+            "op": "exec",
+            "code": code,
+            "session": session_id,
+            "timeout": self.timeout_s,
+            "cap": self.max_output_bytes,
+        }
+        note = f" {RESET_NOTE}" if session_id is not None else ""
+        try:
+            request_id, future = slot.conn.request(message)
+        except RunnerLost:
+            return _result(ExecutionStatus.KILLED, "", f"The sandbox was lost before the block ran.{note}", started)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(future), self.timeout_s + self.answer_grace_s)
+        except TimeoutError:
+            slot.conn.pending.pop(request_id, None)
+            self.counters["killed_by_slot_loss"] += 1
+            await self._condemn(slot, f"no answer within {self.timeout_s + self.answer_grace_s:g} s")
+            error = f"The sandbox stopped answering; it is being replaced.{note}"
+            return _result(ExecutionStatus.KILLED, "", error, started)
+        except RunnerLost:
+            self.counters["killed_by_slot_loss"] += 1
+            reason = await self.backend.death_reason(slot)
+            await self._condemn(slot, reason)
+            return _result(
+                ExecutionStatus.KILLED, "", f"The sandbox died ({reason}); it is being replaced.{note}", started
+            )
+        except asyncio.CancelledError:
+            # Kill the block, and wait (a little) until it is dead before giving up the slot.
+            with contextlib.suppress(Exception):
+                slot.conn.send({"op": "cancel", "id": request_id})
+                await asyncio.wait_for(asyncio.shield(future), 3.0)
+            slot.conn.pending.pop(request_id, None)
+            raise
+        status = ExecutionStatus(reply["status"])
+        if session_id is not None and status in (ExecutionStatus.TIMEOUT, ExecutionStatus.KILLED):
+            if self._session_slot.get(session_id) is slot:
+                slot.sessions.discard(session_id)  # the runner dropped the session's process
+        return _result(status, reply.get("stdout", ""), reply.get("error", ""), started)
+
+    async def close_session(self, session_id: str) -> None:
+        """Kill the session's process (a block running in it ends KILLED) and forget it."""
+        self._session_locks.pop(session_id, None)
+        slot = self._session_slot.pop(session_id, None)
+        if slot is None:
+            return
+        slot.sessions.discard(session_id)
+        if slot.alive:
+            with contextlib.suppress(Exception):
+                await slot.conn.call({"op": "close_session", "session": session_id}, timeout=5.0)
+
+
+def _result(status: ExecutionStatus, stdout: str, error: str, started: float) -> ExecutionResult:
+    return ExecutionResult(status=status, stdout=stdout, error=error, duration_s=time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------
+
+
+class DockerExecutor(SandboxPool):
+    """The service's default executor: warm, hardened sandbox containers (see DockerBackend)."""
+
+    def __init__(
+        self,
+        image: str = "sctir-sandbox:latest",
+        size: int = 2,
+        concurrency: int = 4,
+        timeout_s: float = 5.0,
+        max_output_bytes: int = 64 * 1024,
+        limits: DockerLimits | None = None,
+        pool_name: str = "sctir",
+        environment: dict[str, str] | None = None,
+        start_timeout_s: float = 60.0,
+        answer_grace_s: float = 10.0,
+        runner_args: list[str] | None = None,
+    ) -> None:
+        backend = DockerBackend(
+            image=image, pool_name=pool_name, limits=limits, environment=environment, runner_args=runner_args
+        )
+        super().__init__(
+            backend,
+            size=size,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            max_output_bytes=max_output_bytes,
+            start_timeout_s=start_timeout_s,
+            answer_grace_s=answer_grace_s,
+            name=f"{pool_name}",
+        )

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Build the sandbox image (sandbox/image/Dockerfile) on a host with no container registry.
+#
+# 1. Bootstrap a Debian base that already holds python3 and the math packages
+#    (sandbox/image/debian-packages.txt): `mmdebstrap ... | docker import`, from Debian's own
+#    package archive, no registry involved.
+# 2. `docker build` the Dockerfile on it (--build-arg BASE_IMAGE=<that base>, --network=none).
+#
+# Idempotent: the base is tagged by a hash of its package list and bootstrap options, the image by
+# a hash of everything that goes into it (sandbox/image/*, runner.py, program.py, the base); when
+# that tag exists nothing is rebuilt, and $IMAGE:latest is pointed at it.
+#
+# Environment:
+#   IMAGE        image name (default sctir-sandbox); the service's SCTIR_DOCKER_IMAGE is $IMAGE:latest
+#   SUITE        Debian suite of the base (default bookworm: Python 3.11)
+#   MIRROR       Debian mirror (default http://deb.debian.org/debian)
+#   BASE_IMAGE   skip the bootstrap and build FROM this image instead (e.g. python:3.11-slim on a
+#                host with a registry; then pip installs requirements.txt, with the network)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${IMAGE:-sctir-sandbox}
+SUITE=${SUITE:-bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+started=$(date +%s.%N)
+
+elapsed() { awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
+
+if ! docker info >/dev/null 2>&1; then
+    echo "no Docker engine answers (docker info failed): start one, e.g. scripts/start-dockerd.sh" >&2
+    exit 1
+fi
+
+# Debian's python3 packages pull compilers and headers through Recommends and python3-scipy's
+# dependency on pythran; none of that is needed at run time, so it is not even unpacked.
+EXCLUDES=(
+    '/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*'
+    '/usr/include/*' '/usr/lib/gcc/*' '/usr/libexec/gcc/*' '/usr/bin/*lto-dump*'
+    '/usr/lib/x86_64-linux-gnu/*.a' '/usr/lib/aarch64-linux-gnu/*.a' '/usr/lib/python3.*/config-*/*.a'
+)
+packages=$(grep -v '^\s*#' sandbox/image/debian-packages.txt | tr -s ' \n' '\n' | grep -v '^$' | sort | paste -sd, -)
+
+if [ -z "${BASE_IMAGE:-}" ]; then
+    base_hash=$( { echo "$SUITE $MIRROR $packages"; printf '%s\n' "${EXCLUDES[@]}"; } | sha256sum | cut -c1-12)
+    BASE_IMAGE="$IMAGE-base:$base_hash"
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        echo "base $BASE_IMAGE exists"
+    else
+        if ! command -v mmdebstrap >/dev/null 2>&1; then
+            echo "installing mmdebstrap..."
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null \
+                || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+        fi
+        echo "bootstrapping $BASE_IMAGE from Debian $SUITE: $packages"
+        dpkgopts=()
+        for pattern in "${EXCLUDES[@]}"; do dpkgopts+=(--dpkgopt="path-exclude=$pattern"); done
+        log=$(mktemp /tmp/sctir-mmdebstrap.XXXXXX.log)
+        # shellcheck disable=SC2024
+        if ! mmdebstrap --variant=minbase --aptopt='APT::Install-Recommends "false"' \
+            --include="$packages" "${dpkgopts[@]}" "$SUITE" - \
+            "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+            "deb ${MIRROR%/debian}/debian-security $SUITE-security main" 2>"$log" \
+            | docker import --message "mmdebstrap $SUITE: $packages" - "$BASE_IMAGE" >/dev/null; then
+            tail -n 30 "$log" >&2
+            docker image rm -f "$BASE_IMAGE" >/dev/null 2>&1 || true  # an import of a cut stream
+            echo "the bootstrap failed (log: $log)" >&2
+            exit 1
+        fi
+        rm -f "$log"
+        echo "base $BASE_IMAGE imported after $(elapsed) s"
+    fi
+    network=none
+else
+    echo "building FROM $BASE_IMAGE (no bootstrap)"
+    network=default
+fi
+
+base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || echo "$BASE_IMAGE")
+inputs_hash=$( { echo "$base_id"; cat sandbox/image/* sandbox/runner.py sandbox/program.py; } \
+    | sha256sum | cut -c1-12)
+TAG="$IMAGE:$inputs_hash"
+if docker image inspect "$TAG" >/dev/null 2>&1; then
+    docker tag "$TAG" "$IMAGE:latest"
+    echo "$TAG is up to date (tagged $IMAGE:latest); nothing to build ($(elapsed) s)"
+    exit 0
+fi
+
+echo "building $TAG on $BASE_IMAGE"
+# The context holds only what the Dockerfile copies, at the paths it has in the repository
+# (whose root is the context in docker-compose.yml). The classic builder: this engine may have
+# no BuildKit/buildx, and the Dockerfile needs neither.
+context=$(mktemp -d /tmp/sctir-sandbox-context.XXXXXX)
+trap 'rm -rf "$context"' EXIT
+mkdir -p "$context/sandbox/image"
+cp sandbox/image/* "$context/sandbox/image/"
+cp sandbox/runner.py sandbox/program.py "$context/sandbox/"
+if ! output=$(DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --network="$network" \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --label "sctir.sandbox.inputs=$inputs_hash" \
+    -f "$context/sandbox/image/Dockerfile" -t "$TAG" -t "$IMAGE:latest" "$context" 2>&1); then
+    echo "$output" | tail -n 40 >&2
+    echo "docker build failed" >&2
+    exit 1
+fi
+# Older builds of this script's images are superseded: untag them (their layers go with them).
+for old in $(docker images "$IMAGE" --format '{{.Tag}}'); do
+    if [ "$old" != latest ] && [ "$old" != "$inputs_hash" ]; then
+        docker image rm "$IMAGE:$old" >/dev/null 2>&1 || true
+    fi
+done
+size=$(docker image inspect --format '{{.Size}}' "$TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }')
+echo "built $TAG (= $IMAGE:latest, $size) in $(elapsed) s"
