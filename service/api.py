@@ -108,6 +108,8 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     solver = Solver(engine, executor, on_execution=metrics.observe_execution)
     admission = Admission(settings.max_in_flight, settings.max_queue)
     metrics.track_queue(lambda: admission.in_flight, lambda: admission.queued)
+    if callable(getattr(executor, "stats", None)):  # the Docker pool
+        metrics.track_sandbox(executor.stats)
     startup_errors: dict[str, str] = {}
 
     @asynccontextmanager

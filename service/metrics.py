@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
 from service.solver import CandidateStatus, SolveResult
@@ -64,6 +66,10 @@ class Metrics:
         for kind in ("prompt", "completion"):
             self.tokens.labels(kind)
 
+    def track_sandbox(self, stats: Callable[[], dict]) -> None:
+        """Export the sandbox pool's own counters (sandbox.pool.DockerExecutor.stats) at each scrape."""
+        self.registry.register(_SandboxCollector(stats))
+
     def track_queue(self, in_flight: Callable[[], int], queued: Callable[[], int]) -> None:
         self.in_flight.set_function(in_flight)
         self.queued.set_function(queued)
@@ -94,3 +100,22 @@ class Metrics:
     def exposition(self) -> bytes:
         """Ours, then the process-wide registry (process stats, and vLLM's own when it runs in-process)."""
         return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+
+class _SandboxCollector(Collector):
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self.stats = stats
+
+    def collect(self):
+        stats = self.stats()
+        containers = GaugeMetricFamily("sctir_sandbox_containers", "Sandbox containers by state.", labels=["state"])
+        containers.add_metric(["warm"], stats["warm"])
+        containers.add_metric(["starting"], stats["starting"])
+        yield containers
+        yield GaugeMetricFamily("sctir_sandbox_busy", "Code blocks running in the pool.", value=stats["busy"])
+        yield GaugeMetricFamily(
+            "sctir_sandbox_capacity", "Code blocks the pool can run at once.", value=stats["capacity"]
+        )
+        yield CounterMetricFamily(
+            "sctir_sandbox_replaced", "Sandbox containers replaced after dying or hanging.", value=stats["replaced"]
+        )

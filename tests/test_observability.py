@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox.local import LocalExecutor
 from service.api import create_app
+from service.components import make_executor
 from service.settings import Settings
 from tests.doubles import ScriptedEngine
 from tests.servers import free_port, serve_in_thread, wait_until_up
+from tests.test_sandbox_docker import require_docker
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "sctir.json"
 CODE = "```python\nprint(2)\n```\n```output\n"
@@ -43,8 +44,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         if os.environ.get("SCTIR_REQUIRE_PROMETHEUS") == "1":
             pytest.fail("SCTIR_REQUIRE_PROMETHEUS=1 but no prometheus binary on PATH")
         pytest.skip("no prometheus server binary (Debian package 'prometheus')")
-    settings = Settings(num_samples=4, answer_mode="aimo")
-    app = create_app(settings, engine=ScriptedEngine(split_votes), executor=LocalExecutor(concurrency=2))
+    require_docker()  # the sandbox pool's panels need the real pool
+    settings = Settings(num_samples=4, answer_mode="aimo", sandbox_pool_size=1, sandbox_pool_name="sctir-observability")
+    app = create_app(settings, engine=ScriptedEngine(split_votes), executor=make_executor(settings))
     with serve_in_thread(app, "/healthz") as service:
         workdir = tmp_path_factory.mktemp("prometheus")
         config = workdir / "prometheus.yml"
@@ -97,7 +99,7 @@ def test_every_dashboard_query_returns_data(prometheus: tuple[str, str]) -> None
         time.sleep(1.0)  # spread the solves over scrapes, so rates see them
     time.sleep(3.0)
     queries = dashboard_queries()
-    assert len(queries) >= 12
+    assert len(queries) >= 14
     empty = []
     for title, expr in queries:
         result = query(prometheus_url, expr.replace("$__rate_interval", "1m"))
