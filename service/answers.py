@@ -321,3 +321,12 @@ def tally(answers: Iterable[tuple[int, str]], mode: AnswerMode) -> Ballot:
     for candidate, raw in sorted(answers, key=lambda pair: pair[0]):
         ballot.add(candidate, raw)
     return ballot
+
+
+def matches_reference(answer: str | None, reference: str, mode: AnswerMode) -> bool:
+    """Whether an answer is right: it would vote in the reference's class under `mode`."""
+    if answer is None:
+        return False
+    ballot = Ballot(mode)
+    expected = ballot.add(0, reference)
+    return expected is not None and ballot.add(1, answer) == expected

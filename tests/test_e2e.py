@@ -27,18 +27,22 @@ def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     require_vllm()
     require_docker()
     port = free_port()
-    env = os.environ | VLLM_CPU_ENV | {
-        "SCTIR_ENGINE": "vllm",
-        "SCTIR_MODEL": str(demo_model),
-        "SCTIR_DTYPE": "float32",
-        "SCTIR_MAX_MODEL_LEN": "1024",
-        "SCTIR_ENFORCE_EAGER": "true",
-        "SCTIR_KV_CACHE_MEMORY_BYTES": str(256 * 2**20),
-        "SCTIR_EXECUTOR": "docker",
-        "SCTIR_SANDBOX_POOL_SIZE": "1",
-        "SCTIR_SANDBOX_POOL_NAME": "sctir-e2e",
-        "SCTIR_ANSWER_MODE": "integer",
-    }
+    env = (
+        os.environ
+        | VLLM_CPU_ENV
+        | {
+            "SCTIR_ENGINE": "vllm",
+            "SCTIR_MODEL": str(demo_model),
+            "SCTIR_DTYPE": "float32",
+            "SCTIR_MAX_MODEL_LEN": "1024",
+            "SCTIR_ENFORCE_EAGER": "true",
+            "SCTIR_KV_CACHE_MEMORY_BYTES": str(256 * 2**20),
+            "SCTIR_EXECUTOR": "docker",
+            "SCTIR_SANDBOX_POOL_SIZE": "1",
+            "SCTIR_SANDBOX_POOL_NAME": "sctir-e2e",
+            "SCTIR_ANSWER_MODE": "integer",
+        }
+    )
     log_path = tmp_path_factory.mktemp("e2e") / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.answers import AnswerMode
+from service.answers import AnswerMode, matches_reference
 from service.evaluation.datasets import data_dir
 from service.evaluation.recorded import replay
-from service.evaluation.scoring import is_correct
 
 pytestmark = pytest.mark.data
 FILE = "qwen25math_math100_samples.jsonl"
@@ -35,6 +34,6 @@ def test_maj_at_8_and_per_sample_correctness_match_the_recording_toolkit() -> No
 
 def test_the_known_disagreement_is_the_toolkit_missing_a_thousands_separator() -> None:
     """Problem 72: the reference is "10{,}000"; the toolkit scored the sample answering 10000 wrong."""
-    assert is_correct("10000", "10{,}000", AnswerMode.EXPRESSION)
-    assert is_correct("10000", "10{,}000", AnswerMode.INTEGER)
-    assert not is_correct("9999", "10{,}000", AnswerMode.EXPRESSION)
+    assert matches_reference("10000", "10{,}000", AnswerMode.EXPRESSION)
+    assert matches_reference("10000", "10{,}000", AnswerMode.INTEGER)
+    assert not matches_reference("9999", "10{,}000", AnswerMode.EXPRESSION)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from service.answers import AnswerMode
+from service.answers import AnswerMode, matches_reference
 from service.evaluation.datasets import Problem
 from service.evaluation.metrics import spread, summarize
 from service.evaluation.report import write_report
-from service.evaluation.scoring import error_record, is_correct, make_record, request_seed
+from service.evaluation.scoring import error_record, make_record, request_seed
 from service.evaluation.store import RunStore
 from service.schemas import CandidateSummary, SolveResponse, Timings, Usage
 from service.solver import CandidateStatus
@@ -54,13 +54,17 @@ def response(answers: list[str | None], votes: dict[str, int], mode: AnswerMode 
 
 
 def test_correctness_uses_the_vote_equivalence_of_each_mode() -> None:
-    assert is_correct("\\frac{1}{2}", "0.5", EXPRESSION) and is_correct("1/2", "\\dfrac{1}{2}", EXPRESSION)
-    assert not is_correct("\\frac{1}{3}", "0.5", EXPRESSION) and not is_correct(None, "1", EXPRESSION)
-    assert (
-        is_correct("27", "27.0", INTEGER) and is_correct("025", "25", INTEGER) and not is_correct("2.5", "2", INTEGER)
+    assert matches_reference("\\frac{1}{2}", "0.5", EXPRESSION) and matches_reference(
+        "1/2", "\\dfrac{1}{2}", EXPRESSION
     )
-    assert is_correct("1204", "204", AIMO)  # mod 1000, the competition's rule
-    assert not is_correct("-4", "-4", AIMO)  # negative answers are invalid in aimo mode
+    assert not matches_reference("\\frac{1}{3}", "0.5", EXPRESSION) and not matches_reference(None, "1", EXPRESSION)
+    assert (
+        matches_reference("27", "27.0", INTEGER)
+        and matches_reference("025", "25", INTEGER)
+        and not matches_reference("2.5", "2", INTEGER)
+    )
+    assert matches_reference("1204", "204", AIMO)  # mod 1000, the competition's rule
+    assert not matches_reference("-4", "-4", AIMO)  # negative answers are invalid in aimo mode
 
 
 def test_a_record_keeps_the_servers_vote_and_judges_every_class() -> None:

@@ -317,8 +317,7 @@ def test_demo_model_answers_from_the_tool(demo_model: Path, tmp_path: Path, exec
 
 
 def test_kto_on_self_sampled_completions(demo_model: Path, tmp_path: Path) -> None:
-    from service.answers import AnswerMode
-    from training.evaluate import same_answer
+    from service.answers import AnswerMode, matches_reference
 
     out = tmp_path / "kto"
     proc = run(
@@ -332,7 +331,7 @@ def test_kto_on_self_sampled_completions(demo_model: Path, tmp_path: Path) -> No
     assert labels == {True, False}, "self-sampling at T=1.5 should give right and wrong completions"
     for sample in samples:
         assert sample["prompt"][0]["role"] == "user" and sample["completion"][0]["role"] == "assistant"
-        assert sample["label"] == same_answer(sample["answer"], sample["reference"], AnswerMode.INTEGER)
+        assert sample["label"] == matches_reference(sample["answer"], sample["reference"], AnswerMode.INTEGER)
     executed = [s for s in samples if s["label"]]
     assert all("```output\n" in s["completion"][0]["content"] for s in executed)
 

@@ -280,14 +280,15 @@ def test_demo_problems_are_tir_solutions_whose_answer_is_the_printed_value() -> 
 def test_blind_execution_and_answer_comparison() -> None:
     import asyncio
 
-    from training.evaluate import BlindExecutor, same_answer
+    from service.answers import matches_reference
+    from training.evaluate import BlindExecutor
 
     result = asyncio.run(BlindExecutor().execute("print(1)"))
     assert result.feedback == ""
-    assert same_answer("1,234", "1234", AnswerMode.INTEGER)
-    assert not same_answer("1235", "1234", AnswerMode.INTEGER)
-    assert not same_answer(None, "1234", AnswerMode.INTEGER)
-    assert same_answer("\\frac{1}{2}", "0.5", AnswerMode.EXPRESSION)
+    assert matches_reference("1,234", "1234", AnswerMode.INTEGER)
+    assert not matches_reference("1235", "1234", AnswerMode.INTEGER)
+    assert not matches_reference(None, "1234", AnswerMode.INTEGER)
+    assert matches_reference("\\frac{1}{2}", "0.5", AnswerMode.EXPRESSION)
 
 
 def test_demo_tokenizer_round_trips_and_splits_digits(tmp_path: Path) -> None:

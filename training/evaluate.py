@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.executor import ExecutionResult, ExecutionStatus, Executor
-from service.answers import AnswerMode, Ballot
+from service.answers import AnswerMode, matches_reference
 from service.engines.base import Engine
 from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult, derive_seed
 
@@ -84,15 +84,6 @@ def make_engine(
 
         return TransformersEngine(model, dtype=dtype, max_model_len=max_model_len, max_batch=max_batch)
     raise ValueError(f"unknown engine {kind!r} (vllm, transformers, auto)")
-
-
-def same_answer(answer: str | None, reference: str, mode: AnswerMode) -> bool:
-    """Whether a candidate's final answer equals the reference under `mode` (service.answers)."""
-    if answer is None:
-        return False
-    ballot = Ballot(mode)
-    expected = ballot.add(0, reference)
-    return expected is not None and ballot.add(1, answer) == expected
 
 
 def solve_config(
@@ -169,7 +160,7 @@ async def solve_all(
             per_problem = dataclasses.replace(config, seed=derive_seed(config.seed, index))
             result = await solver.solve(problem, per_problem, f"eval{index}")
         outcome = ProblemOutcome(
-            problem, reference, result.answer, same_answer(result.answer, reference, config.answer_mode), result
+            problem, reference, result.answer, matches_reference(result.answer, reference, config.answer_mode), result
         )
         if on_done is not None:
             on_done(outcome)

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from service.answers import AnswerMode
+from service.answers import AnswerMode, matches_reference
 from training.data import DataSpec, problems_with_answers, write_jsonl
-from training.evaluate import VLLM_CPU_ENV, make_engine, same_answer, solve_config
+from training.evaluate import VLLM_CPU_ENV, make_engine, solve_config
 from training.recipe import batch_arguments, load_recipe
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ async def sample_completions(recipe: dict[str, Any], *, progress: bool = True) -
                         {
                             "prompt": [{"role": "user", "content": record.problem}],
                             "completion": [{"role": "assistant", "content": candidate.text}],
-                            "label": same_answer(candidate.answer, record.answer, mode),
+                            "label": matches_reference(candidate.answer, record.answer, mode),
                             "answer": candidate.answer,
                             "reference": record.answer,
                             "status": str(candidate.status),

@@ -14,8 +14,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from service.answers import AnswerMode, tally
-from service.evaluation.scoring import is_correct
+from service.answers import AnswerMode, matches_reference, tally
 
 Record = dict[str, Any]
 
@@ -71,7 +70,7 @@ def pooled_majority(records: list[Record], mode: AnswerMode) -> dict[str, Any]:
             for c in resp["candidates"]
         ]
         winner = tally([(i, a) for i, a in enumerate(answers) if a is not None], mode).winner()
-        right += winner is not None and is_correct(winner.answer, group[0]["reference"], mode)
+        right += winner is not None and matches_reference(winner.answer, group[0]["reference"], mode)
     return {"problems": len(by_problem), "correct": right, "accuracy": right / len(by_problem) if by_problem else 0.0}
 
 

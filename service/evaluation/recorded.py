@@ -3,7 +3,7 @@
 The input is a Qwen2.5-Math evaluation dump (one JSON object a line): `code` holds k sampled
 solutions, `pred` the toolkit's extracted answers, `score` its per-sample correctness, `answer`
 the reference. For each sample we extract the answer (service.answers.extract_answer) and judge it
-(service.evaluation.scoring.is_correct); per problem we vote (service.answers.tally). The toolkit's
+(service.evaluation.scoring.matches_reference); per problem we vote (service.answers.tally). The toolkit's
 maj@k is recomputed by its own rule (evaluation/rm_maj_eval.py: exact-string groups of `pred`,
 the most common first, scored by its first member's `score`).
 
@@ -18,8 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.answers import AnswerMode, extract_answer, tally
-from service.evaluation.scoring import is_correct
+from service.answers import AnswerMode, extract_answer, matches_reference, tally
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def replay(path: Path, k: int = 8, mode: AnswerMode = AnswerMode.EXPRESSION) -> 
         reference, texts = str(row["answer"]), row["code"][:k]
         preds, scores = row["pred"][:k], [bool(s) for s in row["score"][:k]]
         ours = [extract_answer(text) for text in texts]
-        judged = [is_correct(answer, reference, mode) for answer in ours]
+        judged = [matches_reference(answer, reference, mode) for answer in ours]
         result.problems += 1
         for i, (mine, theirs) in enumerate(zip(judged, scores)):
             result.samples += 1
@@ -74,7 +73,7 @@ def replay(path: Path, k: int = 8, mode: AnswerMode = AnswerMode.EXPRESSION) -> 
                     Disagreement(row.get("idx", result.problems - 1), i, reference, preds[i], ours[i], theirs, mine)
                 )
         winner = tally([(i, a) for i, a in enumerate(ours) if a is not None], mode).winner()
-        our_right = winner is not None and is_correct(winner.answer, reference, mode)
+        our_right = winner is not None and matches_reference(winner.answer, reference, mode)
         majority = Counter(preds).most_common(1)[0][0]
         toolkit_right = scores[preds.index(majority)]
         result.our_maj += our_right

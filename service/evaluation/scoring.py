@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.answers import AnswerMode, Ballot
+from service.answers import AnswerMode, Ballot, matches_reference
 from service.evaluation.datasets import Problem
 from service.schemas import SolveResponse
 from service.solver import derive_seed
@@ -19,14 +19,6 @@ from service.solver import derive_seed
 def request_seed(seed: int, problem_id: str, round_: int = 0) -> int:
     """The solve request's seed for evaluation seed `seed`: distinct per problem and round, reproducible."""
     return derive_seed("eval", seed, problem_id, round_)
-
-
-def is_correct(answer: str | None, reference: str, mode: AnswerMode) -> bool:
-    if answer is None:
-        return False
-    ballot = Ballot(mode)
-    gold = ballot.add(0, reference)
-    return gold is not None and ballot.add(1, answer) == gold
 
 
 def make_record(
@@ -45,7 +37,7 @@ def make_record(
         candidate_votes = [ballot.add(i, c.answer) if c.answer is not None else None for i, c in enumerate(candidates)]
         winner = ballot.winner()
         answer, votes, agreement = (winner.answer if winner else None), ballot.votes(), ballot.agreement()
-    vote_correct = {vote: is_correct(vote, problem.answer, mode) for vote in votes}
+    vote_correct = {vote: matches_reference(vote, problem.answer, mode) for vote in votes}
     return {
         "seed": seed,
         "problem_id": problem.id,
