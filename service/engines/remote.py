@@ -10,12 +10,12 @@ connection.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 
 from service.engines.base import EngineError, StepRequest, StepResult
+from service.engines.inflight import InFlight
 
 DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 
@@ -45,8 +45,7 @@ class RemoteEngine:
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
-        # request_id -> the task running that step's HTTP call; cancelling it aborts the step.
-        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._in_flight = InFlight()  # cancelling a step's HTTP call aborts it on the server
 
     async def start(self) -> None:
         """Open the connection pool and check that the server serves our model.
@@ -93,9 +92,6 @@ class RemoteEngine:
         cancellation to the awaited task), which closes the connection so vLLM aborts.
         """
         request_id = request.request_id
-        if request_id in self._in_flight:
-            # A second call would make the id ambiguous for abort().
-            raise EngineError(f"request id {request_id!r} is already in flight")
         params = request.params
         stop = list(params.stop)
         body = {
@@ -110,34 +106,21 @@ class RemoteEngine:
             # vLLM extension: keep the matched stop string in the text (others ignore it).
             "include_stop_str_in_output": True,
         }
-        call = asyncio.create_task(
-            self._request_json(
-                "POST",
-                f"{self._base_url}/completions",
-                json=body,
-                # vLLM uses this header as its internal request id (logs, metrics).
-                headers={"X-Request-Id": request_id},
-            )
+        return await self._in_flight.run(request_id, self._step(request_id, body, stop))
+
+    async def _step(self, request_id: str, body: dict[str, Any], stop: list[str]) -> StepResult:
+        data = await self._request_json(
+            "POST",
+            f"{self._base_url}/completions",
+            json=body,
+            # vLLM uses this header as its internal request id (logs, metrics).
+            headers={"X-Request-Id": request_id},
         )
-        self._in_flight[request_id] = call
-        try:
-            data = await call
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if call.cancelled() and current is not None and current.cancelling() == 0:
-                # Only the HTTP call was cancelled: abort(request_id) stopped this step.
-                return StepResult(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
-            raise
-        finally:
-            del self._in_flight[request_id]
         return _step_result(data, stop)
 
     async def abort(self, request_id: str) -> None:
         """Cancel the step's HTTP call and wait until its connection is closed."""
-        call = self._in_flight.get(request_id)
-        if call is not None:
-            call.cancel()
-            await asyncio.wait([call])
+        await self._in_flight.abort(request_id)
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.engines.base import EngineError, StepRequest, StepResult
+from service.engines.inflight import InFlight
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm import SamplingParams as VllmSamplingParams
@@ -81,8 +82,7 @@ class VllmEngine:
         self._prompt_template = prompt_template
         self._engine: AsyncLLM | None = None
         self._has_chat_template = False
-        # request_id -> the task generating that step; cancelling it aborts the request.
-        self._in_flight: dict[str, asyncio.Task[StepResult]] = {}
+        self._in_flight = InFlight()  # cancelling a step's task aborts its vLLM request
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -122,10 +122,7 @@ class VllmEngine:
 
     async def close(self) -> None:
         """Abort what is in flight and shut the engine (and its core process) down."""
-        for task in list(self._in_flight.values()):
-            task.cancel()
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight.values()))
+        await self._in_flight.abort_all()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()  # stops the core process (a few seconds) and cancels the output handler
@@ -177,29 +174,12 @@ class VllmEngine:
         """
         engine = self._require_engine()
         request_id = request.request_id
-        if request_id in self._in_flight:
-            # vLLM would accept it, but abort(request_id) would then stop both.
-            raise EngineError(f"request id {request_id!r} is already in flight")
         sampling = self.sampling_params(request)
-        call = asyncio.create_task(self._generate(engine, request.prompt, sampling, request_id))
-        self._in_flight[request_id] = call
-        try:
-            return await call
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if call.cancelled() and current is not None and current.cancelling() == 0:
-                # Only the generation was cancelled: abort(request_id) stopped this step.
-                return StepResult(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
-            raise
-        finally:
-            del self._in_flight[request_id]
+        return await self._in_flight.run(request_id, self._generate(engine, request.prompt, sampling, request_id))
 
     async def abort(self, request_id: str) -> None:
         """Abort the step in the engine and wait until it is gone; a no-op for unknown ids."""
-        call = self._in_flight.get(request_id)
-        if call is not None:
-            call.cancel()
-            await asyncio.wait([call])
+        await self._in_flight.abort(request_id)
 
     def num_unfinished_requests(self) -> int:
         """Requests the engine holds (queued, running, or finishing); 0 when not started."""
