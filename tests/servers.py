@@ -31,8 +31,8 @@ def wait_until_up(url: str, timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def serve_in_thread(app, probe_path: str = "/", lifespan: str = "auto") -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT) while uvicorn serves `app`."""
+def serve_in_thread(app, probe_path: str = "/", lifespan: str = "auto", start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) while uvicorn serves `app` (its lifespan started)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -42,7 +42,7 @@ def serve_in_thread(app, probe_path: str = "/", lifespan: str = "auto") -> Itera
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_until_up(base + probe_path)
+        wait_until_up(base + probe_path, start_timeout_s)
         yield base
     finally:
         server.should_exit = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,31 @@ def test_compose_knobs_are_real_settings() -> None:
     used = {key for key in services["solver"]["environment"] if key.startswith("SCTIR_")}
     used |= {word.split("=")[0] for word in dockerfile.split() if word.startswith("SCTIR_")}
     assert used - names == set(), f"compose/Dockerfile set unknown settings: {sorted(used - names)}"
+
+
+def test_prometheus_config_validates() -> None:
+    promtool = require("promtool", "Debian package prometheus")
+    run = subprocess.run(
+        [promtool, "check", "config", "deploy/prometheus/prometheus.yml"], cwd=ROOT, capture_output=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dashboard_panels_are_distinct_and_use_the_provisioned_datasource() -> None:
+    """Unique ids, no two panels on the same grid cells, every query on the provisioned Prometheus."""
+    (datasource,) = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    panels = json.loads((ROOT / "deploy/grafana/dashboards/sctir.json").read_text())["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+            assert target["expr"].strip(), panel["title"]
