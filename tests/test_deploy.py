@@ -83,3 +83,16 @@ def test_dashboard_panels_are_distinct_and_use_the_provisioned_datasource() -> N
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
             assert target["expr"].strip(), panel["title"]
+
+
+def test_compose_serves_the_weights_its_weights_step_makes() -> None:
+    """The published GPTQ checkpoint (desc_act) does not load in vLLM 0.32: the stack quantizes its own."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    weights, solver = services["weights"], services["solver"]
+    quantized_dir = weights["environment"]["QUANTIZED_DIR"]
+    default_model = f"${{SCTIR_MODEL:-{quantized_dir}}}"
+    assert weights["environment"]["SCTIR_MODEL"] == solver["environment"]["SCTIR_MODEL"] == default_model
+    assert f"SCTIR_MODEL={quantized_dir}" in (ROOT / "Dockerfile").read_text()
+    assert solver["depends_on"]["weights"] == {"condition": "service_completed_successfully"}
+    assert weights["build"]["args"]["EXTRAS"] == "[quantize]"
+    assert (ROOT / weights["entrypoint"][0]).stat().st_mode & 0o111  # executable in the image too

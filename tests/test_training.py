@@ -140,22 +140,42 @@ def test_zero3_accelerate_config_runs_sft_steps_on_cpu(stage1: Path, tmp_path: P
 # -- 8-bit GPTQ -----------------------------------------------------------------------------------
 
 
+PREPARE_WEIGHTS = REPO / "deploy" / "prepare-weights.sh"
+
+
+def prepare_weights(served: Path, quantized_dir: Path, base: Path) -> subprocess.CompletedProcess[str]:
+    """The compose stack's weights step (deploy/prepare-weights.sh), with the tiny recipe."""
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # this venv's `sctir`
+        "OMP_NUM_THREADS": "1",
+        "SCTIR_MODEL": str(served),
+        "QUANTIZED_DIR": str(quantized_dir),
+        "BASE_MODEL": str(base),
+        "QUANTIZE_RECIPE": str(TINY / "quantize.yaml"),
+    }
+    proc = subprocess.run(["sh", str(PREPARE_WEIGHTS)], cwd=REPO, env=environment, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
 @pytest.fixture(scope="session")
 def quantized(stage2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8-bit GPTQ of the tiny stage 2 model, made as the compose stack makes the served weights."""
     pytest.importorskip("gptqmodel")
-    out = tmp_path_factory.mktemp("gptq")
-    run(
-        [
-            "-m",
-            "training.quantize",
-            str(TINY / "quantize.yaml"),
-            f"model.name_or_path={stage2}",
-            "--output-dir",
-            str(out),
-        ],
-        timeout=900,
-    )
+    out = tmp_path_factory.mktemp("gptq") / "served"
+    prepare_weights(out, out, stage2)
     return out
+
+
+@pytest.mark.data
+def test_weights_step_runs_once_and_only_for_its_own_output(quantized: Path, stage2: Path, tmp_path: Path) -> None:
+    summary = (quantized / "quantize_summary.json").read_text()
+    again = prepare_weights(quantized, quantized, stage2)
+    assert "ready" in again.stdout and (quantized / "quantize_summary.json").read_text() == summary
+    elsewhere = prepare_weights(Path("someone/else"), tmp_path / "unused", stage2)
+    assert "serving it as is" in elsewhere.stdout and not (tmp_path / "unused").exists()
+    assert not quantized.with_name("served.partial").exists()
 
 
 @pytest.mark.data
