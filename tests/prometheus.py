@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -88,3 +89,13 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) of every target of every panel in the shipped dashboard."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
     return [(panel["title"], target["expr"]) for panel in panels for target in panel.get("targets", [])]
+
+
+def panels_without_data(prometheus_url: str, queries: list[tuple[str, str]]) -> list[tuple[str, str, list[float]]]:
+    """(title, query, values) of each query that returns no finite value."""
+    empty = []
+    for title, expr in queries:
+        values = [float(series["value"][1]) for series in query(prometheus_url, expr)]
+        if not any(math.isfinite(v) for v in values):
+            empty.append((title, expr, values))
+    return empty

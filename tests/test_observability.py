@@ -7,7 +7,6 @@ engine in tests/test_observability_vllm.py.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,13 @@ from service.api import create_app
 from service.components import make_executor
 from service.settings import Settings
 from tests.doubles import ScriptedEngine
-from tests.prometheus import dashboard_queries, prometheus_binary, prometheus_scraping, query, scalar
+from tests.prometheus import (
+    dashboard_queries,
+    panels_without_data,
+    prometheus_binary,
+    prometheus_scraping,
+    scalar,
+)
 from tests.servers import serve_in_thread
 from tests.test_sandbox_docker import require_docker
 
@@ -52,10 +57,6 @@ def test_every_dashboard_query_returns_data(prometheus: tuple[str, str]) -> None
     time.sleep(3.0)
     queries = [(title, expr) for title, expr in dashboard_queries() if "vllm:" not in expr]
     assert len(queries) >= 14
-    empty = []
-    for title, expr in queries:
-        values = [float(series["value"][1]) for series in query(prometheus_url, expr)]
-        if not any(math.isfinite(v) for v in values):
-            empty.append((title, expr, values))
+    empty = panels_without_data(prometheus_url, queries)
     assert not empty, f"panels without data: {empty}"
     assert scalar(prometheus_url, 'sum(sctir_solve_duration_seconds_count{outcome="answered"})') == 4

@@ -7,7 +7,6 @@ returns data, and vLLM's token counts agree with the solver's own.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -18,7 +17,14 @@ import pytest
 
 from service.api import create_app
 from service.settings import Settings
-from tests.prometheus import dashboard_queries, prometheus_binary, prometheus_scraping, query, scalar, wait_for
+from tests.prometheus import (
+    dashboard_queries,
+    panels_without_data,
+    prometheus_binary,
+    prometheus_scraping,
+    scalar,
+    wait_for,
+)
 from tests.servers import serve_in_thread
 from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
 
@@ -74,11 +80,7 @@ def test_vllm_panels_have_data_and_tokens_agree(prometheus: tuple[str, str]) -> 
 
     queries = [(title, expr) for title, expr in dashboard_queries() if "vllm:" in expr]
     assert len(queries) >= 6
-    empty = []
-    for title, expr in queries:
-        values = [float(series["value"][1]) for series in query(prometheus_url, expr)]
-        if not any(math.isfinite(v) for v in values):
-            empty.append((title, expr, values))
+    empty = panels_without_data(prometheus_url, queries)
     assert not empty, f"panels without data: {empty}"
 
     # The same tokens, counted by the solver (per step result) and by the engine.
