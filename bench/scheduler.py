@@ -1,13 +1,22 @@
 """Scheduling benchmark: this service's async pipeline versus the seed's step barrier.
 
-Same engine (vLLM in-process on CPU serving the trained demo model, which really writes code),
-same executor (the Docker sandbox pool), same problems and seeds, N=48, M=4, in one run. The
-baseline is bench/seed_baseline.py: every step waits for the slowest candidate, then all code
-runs, then the next step. Reported: wall time per problem for both and the ratio, and the share
-of candidates whose texts are identical under the two schedules (vLLM's per-request seeds make
-a candidate's text independent of the batch it runs in, up to numerics).
+One engine (vLLM in-process on CPU), one executor (the Docker sandbox pool), the same problems
+and seeds, N=48, M=4, in one run. The baseline is bench/seed_baseline.py: every step waits for
+the slowest candidate, then all code runs, then the next step. The pipeline (service.solver)
+lets every candidate go on as soon as its own code has run.
 
-    python -m bench.scheduler --model models/demo --problems 5
+The barrier only costs time when candidates differ, so by default the model is the random tiny
+model (tests/tiny_model.py) constrained to TIR text whose code blocks have a geometric number of
+lines and which, after an executed block, either answers or writes more code
+(bench/constrained.py): candidates differ in code length and in steps. `--model DIR` serves a
+real model (e.g. the demo model, whose code is of near-constant length) unconstrained.
+
+Each problem runs under both schedules, in alternating order, each from a cold prefix cache.
+Reported: wall time per problem for both, their ratio (median over problems), and the share of
+candidates whose texts are identical under the two schedules (per-request seeds make a
+candidate's text independent of the batch it runs in).
+
+    flock /tmp/sctir-bench.lock python -m bench.scheduler --problems 8
 """
 
 from __future__ import annotations
@@ -17,62 +26,153 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+import psutil
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
+from bench.constrained import ConstrainedVllmEngine, varying_tir_regex
 from bench.seed_baseline import solve_with_step_barrier
 from sandbox.pool import DockerExecutor
 from service.answers import AnswerMode
-from service.solver import ExecutionMode, SolveConfig, Solver
+from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
+from tests.tiny_model import BUILD_VERSION, TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV, build_tiny_model
 from training.demo import heldout_problems
-from training.evaluate import make_engine
+
+TINY_MODEL_DIR = Path.home() / ".cache" / "sctir" / f"tiny-model-v{BUILD_VERSION}"
+console = Console(width=150)
+
+Schedule = Callable[[str, SolveConfig, str], Awaitable[SolveResult]]
 
 
-async def run(model: str, problems: int, samples: int, steps: int) -> None:
-    engine = make_engine(model, "vllm", max_model_len=1024)
-    executor = DockerExecutor(image="sctir-sandbox:latest", size=2, concurrency=4, pool_name="sctir-bench-scheduler")
+@dataclass
+class Timed:
+    result: SolveResult
+    wall_s: float
+    engine_busy: float  # the engine core's CPU time over the wall time: 1.0 is a saturated core
+
+
+@dataclass
+class Row:
+    pipeline: Timed
+    barrier: Timed
+    identical: int
+    steps: list[int]  # per candidate, under the pipeline
+
+    @property
+    def ratio(self) -> float:
+        return self.barrier.wall_s / self.pipeline.wall_s
+
+
+def make_engine(model: str | None, max_num_seqs: int | None) -> VllmEngine:
+    """The tiny model, constrained (model None), or `model` as the service would serve it on CPU."""
+    options = VllmOptions(
+        model=str(build_tiny_model(TINY_MODEL_DIR)) if model is None else model,
+        dtype="float32",  # batch-invariant numerics: a seed's text does not depend on the schedule
+        max_model_len=TINY_MAX_MODEL_LEN,
+        enforce_eager=True,
+        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
+        max_num_seqs=max_num_seqs,
+        disable_log_stats=True,
+    )
+    if model is None:
+        return ConstrainedVllmEngine(options, regex_for=varying_tir_regex)
+    return VllmEngine(options)
+
+
+def engine_cpu_s() -> float:
+    """CPU seconds used so far by this process's children: vLLM's engine core process.
+
+    Under the pipeline the engine core is the bottleneck on CPU; its busy share says how much
+    room a schedule leaves.
+    """
+    return sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children(recursive=True))
+
+
+async def timed(engine: VllmEngine, schedule: Schedule, problem: str, config: SolveConfig, rid: str) -> Timed:
+    await engine.reset_prefix_cache()
+    cpu, started = engine_cpu_s(), time.monotonic()
+    result = await schedule(problem, config, rid)
+    wall_s = time.monotonic() - started
+    return Timed(result, wall_s, (engine_cpu_s() - cpu) / wall_s)
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    engine = make_engine(args.model, args.max_num_seqs)
+    executor = DockerExecutor(image=args.image, size=2, concurrency=4, pool_name="sctir-bench-scheduler")
     await engine.start()
     await executor.start()
-    rows, same, total = [], 0, 0
     try:
         solver = Solver(engine, executor)
-        warmup = heldout_problems(problems + 1)[-1]
-        await solver.solve(warmup.problem, _config(samples, steps, seed=999), "warmup")
-        for index, problem in track(list(enumerate(heldout_problems(problems))), description="problems"):
-            config = _config(samples, steps, seed=index)
-            started = time.monotonic()
-            pipelined = await solver.solve(problem.problem, config, f"p{index}")
-            pipelined_s = time.monotonic() - started
-            started = time.monotonic()
-            barrier = await solve_with_step_barrier(engine, executor, problem.problem, config, f"b{index}")
-            barrier_s = time.monotonic() - started
-            same += sum(a.text == b.text for a, b in zip(pipelined.candidates, barrier.candidates))
-            total += samples
-            rows.append((pipelined_s, barrier_s, pipelined.answer == str(problem.answer)))
+
+        async def barrier(problem: str, config: SolveConfig, rid: str) -> SolveResult:
+            return await solve_with_step_barrier(engine, executor, problem, config, rid)
+
+        problems = [p.problem for p in heldout_problems(args.problems + 1)]
+        warmup = _config(args, seed=10_000)
+        await solver.solve(problems[-1], warmup, "warmup-p")
+        await barrier(problems[-1], warmup, "warmup-b")
+        rows = []
+        for index, problem in enumerate(problems[:-1]):
+            config = _config(args, seed=index)
+            order = [(solver.solve, "p"), (barrier, "b")]
+            if index % 2:
+                order.reverse()  # neither schedule always runs first
+            results = {tag: await timed(engine, fn, problem, config, f"{tag}{index}") for fn, tag in order}
+            pipelined, barriered = results["p"], results["b"]
+            pairs = zip(pipelined.result.candidates, barriered.result.candidates)
+            identical = sum(a.text == b.text for a, b in pairs)
+            rows.append(Row(pipelined, barriered, identical, [c.steps for c in pipelined.result.candidates]))
+            console.print(f"problem {index}: pipeline {pipelined.wall_s:.2f} s, barrier {barriered.wall_s:.2f} s")
     finally:
         await executor.close()
         await engine.close()
-    table = Table("problem", "pipeline s", "step barrier s", "ratio", "pipeline right")
-    for i, (p, b, right) in enumerate(rows):
-        table.add_row(str(i), f"{p:.2f}", f"{b:.2f}", f"{b / p:.2f}x", str(right))
-    console = Console()
+    return rows
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> None:
+    table = Table(
+        "problem",
+        "pipeline s",
+        "step barrier s",
+        "barrier / pipeline",
+        "engine core busy (pipeline / barrier)",
+        "identical texts",
+        "candidates by steps (1/2/3/...)",
+    )
+    for i, row in enumerate(rows):
+        steps = "/".join(str(row.steps.count(k)) for k in range(1, args.max_steps + 1))
+        table.add_row(
+            str(i),
+            f"{row.pipeline.wall_s:.2f}",
+            f"{row.barrier.wall_s:.2f}",
+            f"{row.ratio:.2f}x",
+            f"{row.pipeline.engine_busy:.0%} / {row.barrier.engine_busy:.0%}",
+            f"{row.identical}/{args.num_samples}",
+            steps,
+        )
     console.print(table)
-    ratio = statistics.median(b / p for p, b, _ in rows)
+    identical = sum(r.identical for r in rows)
     console.print(
-        f"median ratio (barrier / pipeline): {ratio:.2f}x; identical candidate texts: {same}/{total}; "
-        f"N={samples}, M={steps}, cores={os.cpu_count()}"
+        f"median ratio (barrier / pipeline): {statistics.median(r.ratio for r in rows):.2f}x; "
+        f"median wall time: pipeline {statistics.median(r.pipeline.wall_s for r in rows):.2f} s, "
+        f"barrier {statistics.median(r.barrier.wall_s for r in rows):.2f} s; identical candidate texts: "
+        f"{identical}/{len(rows) * args.num_samples}; model {args.model or 'tiny, constrained'}; "
+        f"N={args.num_samples}, M={args.max_steps}, cores={os.cpu_count()}"
     )
 
 
-def _config(samples: int, steps: int, seed: int) -> SolveConfig:
+def _config(args: argparse.Namespace, seed: int) -> SolveConfig:
     return SolveConfig(
-        num_samples=samples,
-        max_steps=steps,
+        num_samples=args.num_samples,
+        max_steps=args.max_steps,
         temperature=0.8,
         top_p=1.0,
-        max_new_tokens=256,
+        max_new_tokens=1024,
         answer_mode=AnswerMode.INTEGER,
         execution_mode=ExecutionMode.LAST_BLOCK,
         deadline_s=3600,
@@ -83,12 +183,15 @@ def _config(samples: int, steps: int, seed: int) -> SolveConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the demo model directory (make demo-model)")
-    parser.add_argument("--problems", type=int, default=5)
+    parser.add_argument("--model", help="a model directory served unconstrained; default: the tiny model, constrained")
+    parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=48)
     parser.add_argument("--max-steps", type=int, default=4)
+    parser.add_argument("--max-num-seqs", type=int, help="vLLM's batch size; default: vLLM's")
+    parser.add_argument("--image", default="sctir-sandbox:latest")
     args = parser.parse_args()
-    asyncio.run(run(args.model, args.problems, args.num_samples, args.max_steps))
+    os.environ.update(VLLM_CPU_ENV)
+    report(asyncio.run(run(args)), args)
 
 
 if __name__ == "__main__":

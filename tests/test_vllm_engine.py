@@ -3,7 +3,7 @@
 The real-engine tests share one engine (and one event loop) per module: starting it takes
 ~10 s on CPU. The model is random, so its text is noise; where a test needs TIR-shaped text
 (a stop string actually generated, code that runs) the engine constrains the sampling with
-vLLM's structured outputs (tests/tiny_model.py: ConstrainedVllmEngine). The tokens are still
+vLLM's structured outputs (bench/constrained.py: ConstrainedVllmEngine). The tokens are still
 sampled from the model with the request's seed, so everything the engine does with them (stop
 strings, seeds, aborts) is vLLM's real behaviour.
 """
@@ -22,6 +22,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from bench.constrained import ConstrainedVllmEngine
 from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
 from service.api import create_app
@@ -36,7 +37,6 @@ from tests.tiny_model import (
     TINY_KV_CACHE_BYTES,
     TINY_MAX_MODEL_LEN,
     VLLM_CPU_ENV,
-    constrained_engine_class,
     tir_regex,
 )
 
@@ -182,7 +182,7 @@ def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
 async def engine(vllm_installed: None, tiny_model_dir: Path, cpu_env: None) -> AsyncIterator[VllmEngine]:
     """The module's one engine: unconstrained unless a test sets `regex_for` (see `tir_text`)."""
     started = time.monotonic()
-    eng = constrained_engine_class()(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
+    eng = ConstrainedVllmEngine(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
     await eng.start()
     print(f"\nvLLM engine start: {time.monotonic() - started:.1f} s")
     yield eng
@@ -406,3 +406,25 @@ async def test_seeded_requests_beyond_one_batch_survive(engine: VllmEngine, tiny
     assert alone.text == results[5].text  # the seed alone decides the text, whatever the batch
     assert await engine.ready()
     await assert_engine_idle(engine, tiny_model_dir)
+
+
+@module_loop
+async def test_reset_prefix_cache_makes_a_repeat_cold(engine: VllmEngine, tiny_model_dir: Path) -> None:
+    """bench/scheduler.py resets the cache so that the second schedule does not find its prompts cached."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model_name": str(tiny_model_dir), "engine": "0"}
+
+    def counter(name: str) -> float:
+        return REGISTRY.get_sample_value(f"vllm:prefix_cache_{name}_total", labels) or 0.0
+
+    prompt = engine.format_prompt("cache me " * 40)  # several full KV blocks
+    first = await engine.complete(step(prompt, "cache-1", max_new_tokens=2))
+    hits = counter("hits")
+    await engine.complete(step(prompt, "cache-2", max_new_tokens=2))
+    assert await wait_for(lambda: counter("hits") > hits)  # warm: the repeat hit the cache
+    assert await engine.reset_prefix_cache()
+    hits, queries = counter("hits"), counter("queries")
+    cold = await engine.complete(step(prompt, "cache-3", max_new_tokens=2))
+    assert await wait_for(lambda: counter("queries") > queries)  # the lookup has been counted
+    assert counter("hits") == hits and cold == first

@@ -22,6 +22,8 @@ import json
 import random
 from pathlib import Path
 
+from bench.constrained import PROSE, ConstrainedVllmEngine
+
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
 
@@ -188,12 +190,12 @@ TINY_KV_CACHE_BYTES = 256 * 2**20
 
 # -- a random model that writes TIR text -----------------------------------------------------------
 #
-# vLLM's structured outputs (a regex per request) make the random model's text take the shape of a
-# NuminaMath TIR solution: prose, a Python block that prints an arithmetic expression, the output
-# marker; and after an output block, an answer in \boxed{}. The tokens are still sampled (seeded)
-# from the random model, so texts differ between seeds; only their shape is fixed.
+# bench/constrained.py's ConstrainedVllmEngine: a regex per request (vLLM's structured outputs) makes
+# the random model's text take the shape of a NuminaMath TIR solution: prose, a Python block that
+# prints an arithmetic expression, the output marker; and after an output block, an answer in
+# \boxed{}. The tokens are still sampled (seeded) from the random model, so texts differ between
+# seeds; only their shape is fixed.
 
-PROSE = r"[a-z][a-z ]{0,23}"
 CODE_STEP_REGEX = (
     PROSE + r"\n```python\nprint\([1-9][0-9]{0,2}( [+*] [1-9][0-9]?)?\)\n```\n"
     r"```output\n[0-9]{1,4}\n```\n"  # the model's own (hallucinated) output: cut by the stop string
@@ -206,24 +208,8 @@ def tir_regex(prompt: str) -> str:
     return ANSWER_STEP_REGEX if "```output\n" in prompt else CODE_STEP_REGEX
 
 
-def constrained_engine_class():
-    """VllmEngine whose steps follow `regex_for(prompt)` (None: unconstrained); needs vllm."""
-    from vllm.sampling_params import StructuredOutputsParams
-
-    from service.engines.vllm_local import VllmEngine
-
-    class ConstrainedVllmEngine(VllmEngine):
-        def __init__(self, *args, regex_for=tir_regex, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.regex_for = regex_for
-
-        def sampling_params(self, request):
-            params = super().sampling_params(request)
-            regex = self.regex_for(request.prompt)
-            if regex is not None:
-                params.structured_outputs = StructuredOutputsParams(regex=regex)
-            return params
-
+def constrained_engine_class() -> type[ConstrainedVllmEngine]:
+    """The constrained engine (its home is bench/constrained.py); tests/test_evaluation_e2e.py asks here."""
     return ConstrainedVllmEngine
 
 

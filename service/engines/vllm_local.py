@@ -198,6 +198,14 @@ class VllmEngine:
         """Abort the step in the engine and wait until it is gone; a no-op for unknown ids."""
         await self._in_flight.abort(request_id)
 
+    async def reset_prefix_cache(self) -> bool:
+        """Forget the cached prefixes (False if vLLM could not: requests were running).
+
+        For comparisons: the second of two runs over the same prompts would otherwise find them
+        all cached.
+        """
+        return await self._require_engine().reset_prefix_cache()
+
     def num_unfinished_requests(self) -> int:
         """Requests the engine holds (queued, running, or finishing); 0 when not started."""
         engine = self._engine

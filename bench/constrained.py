@@ -1,0 +1,59 @@
+"""A random model that writes TIR text: VllmEngine steps constrained by vLLM's structured outputs.
+
+A random tiny model (tests/tiny_model.py) writes noise, which never holds a code block. A regex per
+request (vLLM's structured outputs) gives its text the shape of a NuminaMath TIR solution while the
+tokens are still sampled from the model with the request's seed: texts differ between seeds, and
+everything vLLM does with them (batching, stop strings, seeds, aborts) is real. The tests and the
+benchmarks both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from service.engines.base import StepRequest
+from service.engines.vllm_local import DEFAULT_PROMPT_TEMPLATE, VllmEngine, VllmOptions
+from service.tir import OUTPUT_MARKER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vllm import SamplingParams as VllmSamplingParams
+
+RegexFor = Callable[[str], str | None]
+
+PROSE = r"[a-z][a-z ]{0,23}"
+# After the output marker (the stop string) the model "hallucinates" an output of its own, which the
+# stop string cuts off; in the service's text an output block is always the executor's.
+_OWN_OUTPUT = r"```output\n[0-9]{1,4}\n```\n"
+# A block of a variable number of assignments: at each line the random model either writes another
+# one (many tokens fit a short name) or the print (few do), so block lengths are roughly geometric
+# and differ between candidates and steps.
+_CODE = r"```python\nx = [1-9][0-9]{0,2}\n([a-z] = [1-9][0-9]{0,2}\n)*print\(x\)\n```\n"
+VARYING_CODE_STEP_REGEX = PROSE + r"\n" + _CODE + _OWN_OUTPUT
+VARYING_ANSWER_STEP_REGEX = PROSE + r"\nThe answer is \$\\boxed\{[0-9]{1,3}\}\$\."
+
+
+def varying_tir_regex(prompt: str) -> str:
+    """Code first; after an executed block, more code or the answer: candidates need 2 to M steps."""
+    if OUTPUT_MARKER not in prompt:
+        return VARYING_CODE_STEP_REGEX
+    return f"({VARYING_CODE_STEP_REGEX})|({VARYING_ANSWER_STEP_REGEX})"
+
+
+class ConstrainedVllmEngine(VllmEngine):
+    """VllmEngine whose steps follow `regex_for(prompt)` (None: unconstrained); needs vLLM."""
+
+    def __init__(
+        self, options: VllmOptions, *, regex_for: RegexFor, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    ) -> None:
+        super().__init__(options, prompt_template=prompt_template)
+        self.regex_for = regex_for  # public: a test may swap it between requests
+
+    def sampling_params(self, request: StepRequest) -> VllmSamplingParams:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = super().sampling_params(request)
+        regex = self.regex_for(request.prompt)
+        if regex is not None:
+            params.structured_outputs = StructuredOutputsParams(regex=regex)
+        return params
