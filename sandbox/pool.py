@@ -218,6 +218,7 @@ class Slot:
     inflight: int = 0
     sessions: set[str] = field(default_factory=set)
     retired: bool = False  # replaced or closing: takes no new work
+    last_used: int = 0  # when it was last picked (a tick of the pool's counter)
 
     @property
     def alive(self) -> bool:
@@ -563,6 +564,7 @@ class SandboxPool:
         self._session_slot: dict[str, Slot] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._launches = itertools.count(1)
+        self._picks = itertools.count(1)
         self._start_lock = asyncio.Lock()
         self.counters = {"executions": 0, "replaced": 0, "slot_failures": 0, "killed_by_slot_loss": 0}
 
@@ -775,7 +777,12 @@ class SandboxPool:
         candidates = [slot for slot in self._live() if slot.inflight < slot.capacity]
         if not candidates:
             return None
-        return min(candidates, key=lambda slot: (slot.inflight, len(slot.sessions)))
+        # Among equals, the least recently used: consecutive executions alternate between slots, so
+        # each container carries half of the forks and exits that executions leave behind (and its
+        # CPU quota is not what a closed loop of single blocks waits on).
+        slot = min(candidates, key=lambda slot: (slot.inflight, len(slot.sessions), slot.last_used))
+        slot.last_used = next(self._picks)
+        return slot
 
     async def _run(self, slot: Slot, code: str, session_id: str | None, started: float) -> ExecutionResult:
         message = {

@@ -64,6 +64,9 @@ def with_auto_print(code: str) -> str:
     `a, b` -> `print(a, b)`, which prints "1 2" rather than "(1, 2)".
     """
     code = code.replace("\r\n", "\n").replace("\r", "\n")
+    stripped = code.rstrip()
+    if "print(" in stripped[stripped.rfind("\n") + 1 :]:
+        return code  # the seed's own rule, checked before parsing: most model blocks end in a print
     try:
         tree = ast.parse(code)
     except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError...
@@ -72,13 +75,11 @@ def with_auto_print(code: str) -> str:
         return code
     last = tree.body[-1]
     lines = code.split("\n")
-    last_line_no = len(code.rstrip().split("\n"))  # 1-based, trailing blanks ignored
+    last_line_no = len(stripped.split("\n"))  # 1-based, trailing blanks ignored
     if not isinstance(last, ast.Expr) or last.end_lineno != last_line_no:
         return code
     value = last.value
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "print":
-        return code
-    if "print(" in lines[last_line_no - 1]:
         return code
 
     # Column offsets are UTF-8 byte offsets: convert to str indices.

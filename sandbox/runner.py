@@ -166,6 +166,55 @@ def _harden_self() -> None:
         pass
 
 
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
+HUGE_PAGE = 2 << 20
+
+
+def _huge_pages() -> int:
+    """Back the zygote's private memory with 2 MiB pages, where the kernel can; returns how many.
+
+    fork() copies one page-table entry per 4 KiB page, so a fork of the ~60 MB zygote costs
+    ~15,000 entries (measured: 1.3 ms, the largest single cost of an execution); a 2 MiB page
+    is one entry (a child's first write to it splits only the child's copy). Done once, after
+    the imports. MADV_COLLAPSE needs Linux 6.1; elsewhere (or with THP disabled) it does nothing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps") as file:
+            lines = file.read().splitlines()
+    except (OSError, AttributeError):
+        return 0
+    made = 0
+    for line in lines:
+        fields = line.split()
+        if not fields[1].startswith("rw-p") or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue  # private anonymous memory and the brk heap only
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        start, end = (low + HUGE_PAGE - 1) & -HUGE_PAGE, high & -HUGE_PAGE
+        if end > start:
+            libc.madvise(start, end - start, MADV_HUGEPAGE)
+            if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
+                made += (end - start) // HUGE_PAGE
+    return made
+
+
+def _remove_workdir(workdir: str) -> None:
+    """Remove an execution's working directory: usually just tmp.py, so try that first (no shutil walk)."""
+    try:
+        os.unlink(os.path.join(workdir, "tmp.py"))
+    except OSError:
+        pass
+    try:
+        os.rmdir(workdir)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _log(message: str) -> None:
     try:
         os.write(2, f"sctir-runner[{os.getpid()}]: {message}\n".encode("utf-8", "replace"))
@@ -255,10 +304,12 @@ def zygote_main(opts: argparse.Namespace) -> None:
     }
     gc.collect()
     gc.freeze()  # children's collections then never touch (and copy) the zygote's pages
+    huge_pages = _huge_pages()
     ready = {
         "ready": True,
         "import_s": round(time.monotonic() - started, 3),
         "preloaded": preloaded,
+        "huge_pages": huge_pages,
         "versions": versions,
     }
     ctrl.send(json.dumps(ready).encode())
@@ -488,7 +539,7 @@ def _block_main(job: dict, workdir: str, filename: str, main) -> None:
     except OSError:
         pass
     os.chdir("/")
-    shutil.rmtree(workdir, ignore_errors=True)
+    _remove_workdir(workdir)
     os._exit(rc)
 
 
@@ -1220,7 +1271,7 @@ class Hub:
         for fd in (proc.job_w, proc.res_r, proc.out_r, proc.err_r):
             self._close_fd(fd)
         proc.job_w = proc.res_r = proc.out_r = proc.err_r = -1
-        shutil.rmtree(proc.workdir, ignore_errors=True)
+        _remove_workdir(proc.workdir)
         for ack in proc.acks:
             self.send({"type": "closed", "id": ack})
         proc.acks.clear()
