@@ -12,11 +12,13 @@ lines and which, after an executed block, either answers or writes more code
 real model (e.g. the demo model, whose code is of near-constant length) unconstrained.
 
 Each problem runs under both schedules, in alternating order, each from a cold prefix cache.
-Reported: wall time per problem for both, their ratio (median over problems), and the share of
-candidates whose texts are identical under the two schedules (per-request seeds make a
-candidate's text independent of the batch it runs in).
+Reported per problem: the wall time of both and their ratio (median over problems); the critical
+paths in tokens (barrier: the sum over steps of the longest step; pipeline: the longest
+candidate's sum), i.e. the ratio if an engine step cost the same whatever the batch; how busy the
+vLLM engine core was; and how many candidates' texts are identical under the two schedules
+(per-request seeds make a candidate's text independent of the batch it runs in).
 
-    flock /tmp/sctir-bench.lock python -m bench.scheduler --problems 8
+    flock /tmp/sctir-bench.lock python -m bench.scheduler --problems 10
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from bench.constrained import ConstrainedVllmEngine, varying_tir_regex
 from bench.seed_baseline import solve_with_step_barrier
 from sandbox.pool import DockerExecutor
 from service.answers import AnswerMode
+from service.engines.base import StepRequest, StepResult
 from service.engines.vllm_local import VllmEngine, VllmOptions
 from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
 from tests.tiny_model import BUILD_VERSION, TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV, build_tiny_model
@@ -47,6 +50,39 @@ TINY_MODEL_DIR = Path.home() / ".cache" / "sctir" / f"tiny-model-v{BUILD_VERSION
 console = Console(width=150)
 
 Schedule = Callable[[str, SolveConfig, str], Awaitable[SolveResult]]
+
+
+class StepTokens:
+    """The engine, noting every step's completion tokens by request id ("{rid}-{candidate}-{step}").
+
+    From them, each schedule's critical path in tokens: what the ratio would be if an engine step
+    cost the same whatever the batch (nearly so on a GPU; on CPU a step costs more per sequence).
+    """
+
+    def __init__(self, engine: VllmEngine) -> None:
+        self.engine = engine
+        self.tokens: dict[str, int] = {}
+
+    def format_prompt(self, problem: str) -> str:
+        return self.engine.format_prompt(problem)
+
+    async def complete(self, request: StepRequest) -> StepResult:
+        result = await self.engine.complete(request)
+        self.tokens[request.request_id] = result.completion_tokens
+        return result
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def critical_paths(self, rid: str) -> tuple[int, int]:
+        """(barrier, pipeline): the sum over steps of the longest step, the longest candidate's sum."""
+        steps: dict[int, dict[int, int]] = {}
+        for request_id, tokens in self.tokens.items():
+            head, candidate, step = request_id.rsplit("-", 2)
+            if head == rid:
+                steps.setdefault(int(candidate), {})[int(step)] = tokens
+        barrier = sum(max(s.get(k, 0) for s in steps.values()) for k in range(max(map(len, steps.values()))))
+        return barrier, max(sum(s.values()) for s in steps.values())
 
 
 @dataclass
@@ -62,6 +98,7 @@ class Row:
     barrier: Timed
     identical: int
     steps: list[int]  # per candidate, under the pipeline
+    paths: tuple[int, int]  # critical paths in tokens: barrier, pipeline
 
     @property
     def ratio(self) -> float:
@@ -103,14 +140,15 @@ async def timed(engine: VllmEngine, schedule: Schedule, problem: str, config: So
 
 async def run(args: argparse.Namespace) -> list[Row]:
     engine = make_engine(args.model, args.max_num_seqs)
+    recorder = StepTokens(engine)
     executor = DockerExecutor(image=args.image, size=2, concurrency=4, pool_name="sctir-bench-scheduler")
     await engine.start()
     await executor.start()
     try:
-        solver = Solver(engine, executor)
+        solver = Solver(recorder, executor)
 
         async def barrier(problem: str, config: SolveConfig, rid: str) -> SolveResult:
-            return await solve_with_step_barrier(engine, executor, problem, config, rid)
+            return await solve_with_step_barrier(recorder, executor, problem, config, rid)
 
         problems = [p.problem for p in heldout_problems(args.problems + 1)]
         warmup = _config(args, seed=10_000)
@@ -126,7 +164,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
             pipelined, barriered = results["p"], results["b"]
             pairs = zip(pipelined.result.candidates, barriered.result.candidates)
             identical = sum(a.text == b.text for a, b in pairs)
-            rows.append(Row(pipelined, barriered, identical, [c.steps for c in pipelined.result.candidates]))
+            steps = [c.steps for c in pipelined.result.candidates]
+            rows.append(Row(pipelined, barriered, identical, steps, recorder.critical_paths(f"p{index}")))
             console.print(f"problem {index}: pipeline {pipelined.wall_s:.2f} s, barrier {barriered.wall_s:.2f} s")
     finally:
         await executor.close()
@@ -140,6 +179,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         "pipeline s",
         "step barrier s",
         "barrier / pipeline",
+        "critical path tokens (barrier / pipeline)",
         "engine core busy (pipeline / barrier)",
         "identical texts",
         "candidates by steps (1/2/3/...)",
@@ -151,6 +191,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.pipeline.wall_s:.2f}",
             f"{row.barrier.wall_s:.2f}",
             f"{row.ratio:.2f}x",
+            f"{row.paths[0]} / {row.paths[1]} = {row.paths[0] / row.paths[1]:.2f}x",
             f"{row.pipeline.engine_busy:.0%} / {row.barrier.engine_busy:.0%}",
             f"{row.identical}/{args.num_samples}",
             steps,
@@ -158,7 +199,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
     console.print(table)
     identical = sum(r.identical for r in rows)
     console.print(
-        f"median ratio (barrier / pipeline): {statistics.median(r.ratio for r in rows):.2f}x; "
+        f"median ratio (barrier / pipeline): {statistics.median(r.ratio for r in rows):.2f}x "
+        f"(of critical paths in tokens: {statistics.median(r.paths[0] / r.paths[1] for r in rows):.2f}x); "
         f"median wall time: pipeline {statistics.median(r.pipeline.wall_s for r in rows):.2f} s, "
         f"barrier {statistics.median(r.barrier.wall_s for r in rows):.2f} s; identical candidate texts: "
         f"{identical}/{len(rows) * args.num_samples}; model {args.model or 'tiny, constrained'}; "
@@ -184,7 +226,7 @@ def _config(args: argparse.Namespace, seed: int) -> SolveConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory served unconstrained; default: the tiny model, constrained")
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=48)
     parser.add_argument("--max-steps", type=int, default=4)
     parser.add_argument("--max-num-seqs", type=int, help="vLLM's batch size; default: vLLM's")
