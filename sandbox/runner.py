@@ -22,13 +22,16 @@ the exit status) and exit; a `session` spare keeps its namespace and serves
 the candidate's later blocks. Since spares come from the zygote, whose memory
 never held request data, no candidate can find another's code or output in
 its own memory; spares are not dumpable, so they cannot read each other's
-memory (/proc/PID/mem, ptrace) or the hub's environment either.
+memory (/proc/PID/mem, ptrace) or the hub's environment either; and where the
+kernel has Landlock's scopes (Linux 6.12+), each spare is in a domain of its
+own, so a block can signal (and reach abstract UNIX sockets of) only itself
+and its own children: not another candidate's block, the zygote or the hub.
 
 Hardening of the processes themselves:
 - In a container the hub is PID 1, which the kernel protects from every
   signal it has no handler for (SIGKILL included, from inside); it handles
-  only SIGCHLD. The zygote is killable (`os.kill(os.getppid(), 9)` from a
-  block): the hub adopts its spares and respawns it, by exec, never by
+  only SIGCHLD. Without Landlock's signal scope the zygote is killable
+  (`os.kill(os.getppid(), 9)` from a block): the hub adopts its spares and respawns it, by exec, never by
   forking the hub, whose memory holds request data. A job handed to a spare
   that died before taking it (it acknowledges every job) goes to another.
   (Spares were once adopted by the hub through a double fork, which made the
@@ -153,6 +156,52 @@ def _prctl(option: int, value: int) -> bool:
 
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
+
+
+LANDLOCK_CREATE_RULESET, LANDLOCK_RESTRICT_SELF, LANDLOCK_CREATE_RULESET_VERSION = 444, 446, 1
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none, or blocked by seccomp)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        return max(0, libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
+    except Exception:
+        return 0
+
+
+def _scope_self() -> bool:
+    """Put this process (and what it starts) in its own Landlock domain, scoped for signals.
+
+    Every execution runs as the same unprivileged user, which the kernel lets signal every
+    other process of that user: a block could kill the blocks of other candidates, or the
+    zygote. A Landlock domain with the signal scope (Linux 6.12, ABI 6; unprivileged, under
+    no_new_privs) allows signals only to processes of the same domain, i.e. the block itself
+    and its own children; the hub and the zygote, in no domain, can still signal it. The
+    abstract-UNIX-socket scope closes the same door for abstract sockets. No file system or
+    network rules: those are the container's business.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        attr = (ctypes.c_uint64 * 3)(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+        fd = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+        if fd < 0:
+            return False
+        try:
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            return libc.syscall(LANDLOCK_RESTRICT_SELF, fd, 0) == 0
+        finally:
+            os.close(fd)
+    except Exception:
+        return False
 
 
 def _harden_self() -> None:
@@ -297,6 +346,7 @@ def zygote_main(opts: argparse.Namespace) -> None:
     except BaseException as error:  # reported to the hub, which reports it to the host
         ctrl.send(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"}).encode())
         os._exit(1)
+    opts.scoped = _landlock_abi() >= 6  # checked once; every spare then confines itself (_scope_self)
     versions = {
         name: getattr(sys.modules[name], "__version__", "")
         for name in ("numpy", "sympy", "scipy")
@@ -311,6 +361,7 @@ def zygote_main(opts: argparse.Namespace) -> None:
         "preloaded": preloaded,
         "huge_pages": huge_pages,
         "versions": versions,
+        "signal_scope": opts.scoped,
     }
     ctrl.send(json.dumps(ready).encode())
     wake_r, wake_w = os.pipe()
@@ -407,6 +458,8 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace, job_r: int, res_w
         for target, fd in enumerate(high):
             os.dup2(fd, target, inheritable=target < 3)  # 3 (jobs) and 4 (results): close-on-exec
         os.closerange(5, _max_fd())  # every other fd of the zygote: the hub socket, other pipes
+        if opts.scoped and not _scope_self():
+            os._exit(71)  # the zygote found the scope available: never run a block without it
         try:
             with open("/proc/self/oom_score_adj", "w") as file:
                 file.write("1000")  # out of memory: kill an execution, never the hub or the zygote

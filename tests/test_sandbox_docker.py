@@ -428,10 +428,30 @@ async def test_killing_the_runner_from_inside(pool: DockerExecutor, code: str) -
     replaced = pool.stats()["replaced"]
     hubs = {slot.name: slot.hello["pid"] for slot in pool.slots}
     result = await pool.execute(code)
-    assert result.status is ExecutionStatus.OK, result
+    # It runs, or (with Landlock's signal scope) its kill is refused: either way nothing else dies.
+    assert result.status is ExecutionStatus.OK or "PermissionError" in result.error, result
     await healthy(pool)
     assert pool.stats()["replaced"] == replaced  # PID 1 survived: no container was replaced
     assert {slot.name: slot.hello["pid"] for slot in pool.slots} == hubs
+
+
+async def test_one_candidate_cannot_signal_another(pool: DockerExecutor) -> None:
+    ex = make_pool(size=1, concurrency=3)  # one container: the victim and the attacker side by side
+    try:
+        victim = await ex.execute("import os\nos.getpid()", session_id="victim")
+        if not ex.slots[0].hello.get("signal_scope"):
+            pytest.skip("no Landlock signal scope in this kernel (Linux 6.12+): same-uid blocks can signal")
+        pid = int(victim.stdout)
+        for target in (str(pid), "os.getppid()"):
+            attack = await ex.execute(f"import os, signal\nos.kill({target}, signal.SIGKILL)")
+            assert attack.status is ExecutionStatus.ERROR and "PermissionError" in attack.error, (target, attack)
+        await ex.execute("import os, signal\nos.kill(-1, signal.SIGKILL)")  # reaches no one outside its domain
+        own = "import subprocess\nchild = subprocess.Popen(['sleep', '30'])\nchild.kill()\nchild.wait()"
+        assert (await ex.execute(own)).stdout == "-9\n"  # its own children it can still signal
+        assert (await ex.execute("import os\nos.getpid()", session_id="victim")).stdout == f"{pid}\n"
+        assert ex.stats()["replaced"] == 0
+    finally:
+        await ex.close()
 
 
 async def test_one_candidate_cannot_read_another(pool: DockerExecutor) -> None:
