@@ -232,9 +232,12 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         '"ms apart": one block at a time with a pause between them, as blocks arrive from a model that '
         "generates between executions (the executions/s of that row include the pauses). "
         "Pool: " + pool_note + ". "
-        "In a closed loop the pool keeps both cores busy (every execution costs a fork and an exit of a ~70 MB "
-        "interpreter, a few ms of CPU, made off the critical path only while there is idle CPU), so its p95 there "
-        "is CPU queueing; blocks that arrive with pauses see the paced row's latency.",
+        "In a closed loop, consecutive blocks alternate between the containers, and every execution still costs "
+        "~7 ms of CPU in its container (the cgroup's counter; ~1 ms of it on the critical path, the rest the fork "
+        "of the ~55 MB zygote, whose heap is on 2 MiB pages where the kernel allows, the new process's set-up "
+        "and its exit, nearly all of it the kernel's page-table and copy-on-write work), so on 2 cores the closed "
+        "loop is CPU-bound: its p50 and p95 include waiting behind that work (and behind whatever else runs on "
+        "the machine); blocks that arrive with pauses see the paced row's latency.",
     ]
     seed = {row["concurrency"]: row for row in rows if row["executor"] == "seed"}
     for row in rows:
