@@ -11,6 +11,7 @@ host kept its secrets; at the end no container of the pool is left.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import socket
@@ -508,7 +509,8 @@ async def test_one_candidate_cannot_read_another(pool: DockerExecutor) -> None:
             assert result.stdout == "[]\n", result.stdout
         # The same probe does find the secret where it is: in the victim's own process.
         control = await ex.execute(attack, session_id="victim")
-        assert control.stdout == "['globals', 'own-memory']\n", control
+        # (in one or more of its memory regions: the zygote's 2 MiB-page advice splits its heap's regions)
+        assert set(ast.literal_eval(control.stdout)) == {"globals", "own-memory"}, control
         still = await ex.execute("secret", session_id="victim")
         assert still.stdout == f"{secret}\n"  # and the victim is untouched
         await healthy(ex)
