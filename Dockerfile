@@ -11,13 +11,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/cache/huggingface \
-    VLLM_ATTENTION_BACKEND=TRITON_ATTN \
     SCTIR_HOST=0.0.0.0 \
     SCTIR_PORT=8080 \
     SCTIR_ENGINE=vllm \
     SCTIR_MODEL=/cache/huggingface/sctir/NuminaMath-7B-TIR-GPTQ-8bit \
     SCTIR_QUANTIZATION=gptq \
-    SCTIR_DTYPE=float16
+    SCTIR_DTYPE=float16 \
+    SCTIR_ATTENTION_BACKEND=TRITON_ATTN
 
 WORKDIR /opt/sctir
 COPY pyproject.toml README.md ./

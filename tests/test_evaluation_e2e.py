@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -62,18 +61,6 @@ def tiny() -> object:
     return _tiny_model_module()
 
 
-@pytest.fixture(scope="module")
-def cpu_env(tiny) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in tiny.VLLM_CPU_ENV}
-    os.environ.update(tiny.VLLM_CPU_ENV)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 class RecordingEngine:
     """The real engine, noting every step's sampling seed (to see what a resumed run solves)."""
 
@@ -93,7 +80,7 @@ class RecordingEngine:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(tiny, cpu_env, tiny_model_dir: Path) -> AsyncIterator[object]:
+async def engine(tiny, vllm_cpu_env, tiny_model_dir: Path) -> AsyncIterator[object]:
     """One engine for the module (starting vLLM on CPU takes ~15 s); the model is the session's."""
     from service.engines.vllm_local import VllmOptions
 

