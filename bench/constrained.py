@@ -28,16 +28,26 @@ _OWN_OUTPUT = r"```output\n[0-9]{1,4}\n```\n"
 # A block of a variable number of assignments: at each line the random model either writes another
 # one (many tokens fit a short name) or the print (few do), so block lengths are roughly geometric
 # and differ between candidates and steps.
-_CODE = r"```python\nx = [1-9][0-9]{0,2}\n([a-z] = [1-9][0-9]{0,2}\n)*print\(x\)\n```\n"
-VARYING_CODE_STEP_REGEX = PROSE + r"\n" + _CODE + _OWN_OUTPUT
+_ASSIGNMENTS = r"([a-z] = [1-9][0-9]{0,2}\n)*"
+# With `loops`, the block also runs a brute-force loop of 10**k iterations, the model picking k from 1
+# to 6 (microseconds to about 0.3 s in the sandbox): blocks then differ in how long they run too, as
+# competition code does (searches, sympy solves), and a step barrier waits for the slowest of them.
+_LOOP = r"for i in range\(10 \*\* [1-6]\):\n    x = \(x \* 31 \+ i\) % 1000003\n"
 VARYING_ANSWER_STEP_REGEX = PROSE + r"\nThe answer is \$\\boxed\{[0-9]{1,3}\}\$\."
 
 
-def varying_tir_regex(prompt: str) -> str:
+def varying_code_step_regex(*, loops: bool = False) -> str:
+    """Prose, a Python block ending in print(x), and an output of the model's own (cut off by the stop)."""
+    body = r"x = [1-9][0-9]{0,2}\n" + (_LOOP if loops else "") + _ASSIGNMENTS + r"print\(x\)\n"
+    return PROSE + r"\n```python\n" + body + r"```\n" + _OWN_OUTPUT
+
+
+def varying_tir_regex(prompt: str, *, loops: bool = False) -> str:
     """Code first; after an executed block, more code or the answer: candidates need 2 to M steps."""
+    code = varying_code_step_regex(loops=loops)
     if OUTPUT_MARKER not in prompt:
-        return VARYING_CODE_STEP_REGEX
-    return f"({VARYING_CODE_STEP_REGEX})|({VARYING_ANSWER_STEP_REGEX})"
+        return code
+    return f"({code})|({VARYING_ANSWER_STEP_REGEX})"
 
 
 class ConstrainedVllmEngine(VllmEngine):

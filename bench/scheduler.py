@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import time
@@ -105,8 +106,11 @@ class Row:
         return self.barrier.wall_s / self.pipeline.wall_s
 
 
-def make_engine(model: str | None, max_num_seqs: int | None) -> VllmEngine:
-    """The tiny model, constrained (model None), or `model` as the service would serve it on CPU."""
+def make_engine(model: str | None, max_num_seqs: int | None, *, loops: bool) -> VllmEngine:
+    """The tiny model, constrained (model None), or `model` as the service would serve it on CPU.
+
+    `loops`: the tiny model's code may also run a loop of a bound it picks (bench/constrained.py).
+    """
     options = VllmOptions(
         model=str(build_tiny_model(TINY_MODEL_DIR)) if model is None else model,
         dtype="float32",  # batch-invariant numerics: a seed's text does not depend on the schedule
@@ -117,7 +121,7 @@ def make_engine(model: str | None, max_num_seqs: int | None) -> VllmEngine:
         disable_log_stats=True,
     )
     if model is None:
-        return ConstrainedVllmEngine(options, regex_for=varying_tir_regex)
+        return ConstrainedVllmEngine(options, regex_for=functools.partial(varying_tir_regex, loops=loops))
     return VllmEngine(options)
 
 
@@ -139,7 +143,7 @@ async def timed(engine: VllmEngine, schedule: Schedule, problem: str, config: So
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
-    engine = make_engine(args.model, args.max_num_seqs)
+    engine = make_engine(args.model, args.max_num_seqs, loops=args.code == "loops")
     recorder = StepTokens(engine)
     executor = DockerExecutor(image=args.image, size=2, concurrency=4, pool_name="sctir-bench-scheduler")
     await engine.start()
@@ -203,7 +207,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         f"(of critical paths in tokens: {statistics.median(r.paths[0] / r.paths[1] for r in rows):.2f}x); "
         f"median wall time: pipeline {statistics.median(r.pipeline.wall_s for r in rows):.2f} s, "
         f"barrier {statistics.median(r.barrier.wall_s for r in rows):.2f} s; identical candidate texts: "
-        f"{identical}/{len(rows) * args.num_samples}; model {args.model or 'tiny, constrained'}; "
+        f"{identical}/{len(rows) * args.num_samples}; model {args.model or 'tiny, constrained, code: ' + args.code}; "
         f"N={args.num_samples}, M={args.max_steps}, cores={os.cpu_count()}"
     )
 
@@ -226,6 +230,13 @@ def _config(args: argparse.Namespace, seed: int) -> SolveConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a model directory served unconstrained; default: the tiny model, constrained")
+    parser.add_argument(
+        "--code",
+        choices=("assignments", "loops"),
+        default="assignments",
+        help="the tiny model's code: assignments and a print (runs in microseconds), or also a loop of "
+        "up to 999999 iterations whose bound the model picks (runs for up to a few tenths of a second)",
+    )
     parser.add_argument("--problems", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=48)
     parser.add_argument("--max-steps", type=int, default=4)
