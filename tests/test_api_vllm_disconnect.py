@@ -9,7 +9,6 @@ their requests in vLLM, and the engine core ends up with nothing running or wait
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,38 +20,18 @@ import pytest
 
 from sandbox.local import LocalExecutor
 from service.api import create_app
-from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.engines.vllm_local import VllmEngine
 from service.settings import Settings
 from tests.servers import serve_in_thread
-from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
+from tests.tiny_model import tiny_vllm_options
 
 SAMPLES = 4
 
 
 @pytest.fixture(scope="module")
-def cpu_env() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in VLLM_CPU_ENV}
-    os.environ.update(VLLM_CPU_ENV)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture(scope="module")
-def served(vllm_installed: None, tiny_model_dir: Path, cpu_env: None) -> Iterator[tuple[str, VllmEngine]]:
+def served(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> Iterator[tuple[str, VllmEngine]]:
     """(URL, engine): the service's lifespan starts the engine in uvicorn's event loop."""
-    options = VllmOptions(
-        model=str(tiny_model_dir),
-        dtype="float32",
-        max_model_len=TINY_MAX_MODEL_LEN,
-        enforce_eager=True,
-        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
-        disable_log_stats=False,  # the engine core's Prometheus gauges are what the test reads
-    )
-    engine = VllmEngine(options)
+    engine = VllmEngine(tiny_vllm_options(tiny_model_dir))
     # Noise never writes code, so every candidate restarts until its steps run out: each of its
     # 4 steps generates up to 3000 tokens, tens of seconds in all.
     settings = Settings(num_samples=SAMPLES, max_steps=4, max_new_tokens=3000, early_stop=False, max_in_flight=1)

@@ -49,7 +49,7 @@ def _tiny_model_module():
         tiny = importlib.import_module("tests.tiny_model")
     except Exception as error:
         pytest.skip(f"tests/tiny_model.py is not importable: {error}")
-    needed = ("build_tiny_model", "constrained_engine_class", "tir_regex", "VLLM_CPU_ENV")
+    needed = ("build_tiny_model", "constrained_engine_class", "tir_regex", "tiny_vllm_options")
     missing = [name for name in needed if not hasattr(tiny, name)]
     if missing:
         pytest.skip(f"tests/tiny_model.py lacks {', '.join(missing)}")
@@ -82,15 +82,7 @@ class RecordingEngine:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny, vllm_cpu_env, tiny_model_dir: Path) -> AsyncIterator[object]:
     """One engine for the module (starting vLLM on CPU takes ~15 s); the model is the session's."""
-    from service.engines.vllm_local import VllmOptions
-
-    options = VllmOptions(
-        model=str(tiny_model_dir),
-        dtype="float32",
-        max_model_len=getattr(tiny, "TINY_MAX_MODEL_LEN", 4096),
-        enforce_eager=True,
-        kv_cache_memory_bytes=getattr(tiny, "TINY_KV_CACHE_BYTES", 256 * 2**20),
-    )
+    options = tiny.tiny_vllm_options(tiny_model_dir)
     real = tiny.constrained_engine_class()(options, regex_for=tiny.tir_regex)
     await real.start()
     yield real

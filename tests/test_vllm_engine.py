@@ -34,11 +34,7 @@ from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
 from tests.servers import serve_in_thread
-from tests.tiny_model import (
-    TINY_KV_CACHE_BYTES,
-    TINY_MAX_MODEL_LEN,
-    tir_regex,
-)
+from tests.tiny_model import TINY_MAX_MODEL_LEN, tiny_vllm_options, tir_regex
 
 FALLBACK = "FALLBACK: {problem} :"
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -154,24 +150,11 @@ async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 # -- the real engine ---------------------------------------------------------------------------------
 
 
-def tiny_options(model_dir: Path, **overrides) -> VllmOptions:
-    values = dict(
-        model=str(model_dir),
-        dtype="float32",
-        max_model_len=TINY_MAX_MODEL_LEN,
-        enforce_eager=True,
-        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
-        disable_log_stats=False,  # the Prometheus gauges of the engine core are what we check
-    )
-    values.update(overrides)
-    return VllmOptions(**values)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> AsyncIterator[VllmEngine]:
     """The module's one engine: unconstrained unless a test sets `regex_for` (see `tir_text`)."""
     started = time.monotonic()
-    eng = ConstrainedVllmEngine(tiny_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
+    eng = ConstrainedVllmEngine(tiny_vllm_options(tiny_model_dir), prompt_template=FALLBACK, regex_for=lambda _: None)
     await eng.start()
     print(f"\nvLLM engine start: {time.monotonic() - started:.1f} s")
     yield eng
@@ -188,7 +171,7 @@ async def test_gptq_with_group_activation_order_names_the_recipe(
     config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True}
     (checkpoint / "config.json").write_text(json.dumps(config))
     with pytest.raises(EngineError) as failure:
-        await VllmEngine(tiny_options(checkpoint)).start()
+        await VllmEngine(tiny_vllm_options(checkpoint)).start()
     message = str(failure.value)
     assert "desc_act=True" in message
     assert "python -m training.quantize training/recipes/quantize.yaml" in message
@@ -197,7 +180,7 @@ async def test_gptq_with_group_activation_order_names_the_recipe(
 async def test_attention_backend_reaches_vllm(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> None:
     """SCTIR_ATTENTION_BACKEND is vLLM's engine argument: vLLM itself refuses an unknown name."""
     with pytest.raises(EngineError, match="Unknown attention backend: 'NO_SUCH_BACKEND'.*TRITON_ATTN"):
-        await VllmEngine(tiny_options(tiny_model_dir, attention_backend="NO_SUCH_BACKEND")).start()
+        await VllmEngine(tiny_vllm_options(tiny_model_dir, attention_backend="NO_SUCH_BACKEND")).start()
 
 
 @pytest.fixture

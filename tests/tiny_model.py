@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 
 from bench.constrained import PROSE, ConstrainedVllmEngine
+from service.engines.vllm_local import VllmOptions
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
@@ -186,6 +187,20 @@ VLLM_CPU_ENV = {
 # else is in the batch; a small explicit KV cache; no compilation (a faster start).
 TINY_MAX_MODEL_LEN = 4096
 TINY_KV_CACHE_BYTES = 256 * 2**20
+
+
+def tiny_vllm_options(model_dir: Path, **overrides) -> VllmOptions:
+    """The engine arguments above for the tiny model; the engine core's Prometheus gauges on (tests read them)."""
+    values = dict(
+        model=str(model_dir),
+        dtype="float32",
+        max_model_len=TINY_MAX_MODEL_LEN,
+        enforce_eager=True,
+        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
+        disable_log_stats=False,
+    )
+    values.update(overrides)
+    return VllmOptions(**values)
 
 
 # -- a random model that writes TIR text -----------------------------------------------------------
