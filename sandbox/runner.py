@@ -77,12 +77,18 @@ EOF on stdin has the effect of "shutdown".
 
 from __future__ import annotations
 
+import _signal  # the C functions, without signal.signal's enum conversions
 import argparse
+import atexit
+import builtins
+import fcntl
 import gc
 import heapq
 import itertools
 import json
+import linecache
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -91,6 +97,7 @@ import struct
 import sys
 import tempfile
 import time
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -99,6 +106,7 @@ if HERE not in sys.path:
 import program  # noqa: E402  (sandbox/program.py; next to this file in the image too)
 
 PROTOCOL_VERSION = 1
+SIGCHLD, SIG_DFL = int(signal.SIGCHLD), int(signal.SIG_DFL)
 HEADER = struct.Struct(">I")
 MAX_REQUEST_BYTES = 64 << 20
 READ_CHUNK = 1 << 16
@@ -142,15 +150,40 @@ def decode(data: bytes) -> dict:
     return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
+def _frame(data: bytes) -> bytes:
+    return HEADER.pack(len(data)) + data
+
+
 ACK = encode({"ack": 1})
+
+
+_LIBC: list = []  # [prctl, syscall]: made once (the zygote's, inherited), not in every spare
+
+
+def _libc() -> list:
+    """ctypes' prctl and syscall of libc, or [] without ctypes.
+
+    Made once: a CDLL builds a class and each function pointer an object, which in a spare
+    costs ~100 copy-on-write page faults (~0.2 ms of CPU) per execution.
+    """
+    if not _LIBC:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            prctl, syscall = libc.prctl, libc.syscall
+            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+            syscall.restype = ctypes.c_long
+            _LIBC.extend((prctl, syscall))
+        except Exception:
+            pass
+    return _LIBC
 
 
 def _prctl(option: int, value: int) -> bool:
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0) == 0
+        prctl, _ = _libc()
+        return prctl(option, value, 0, 0, 0) == 0
     except Exception:
         return False
 
@@ -166,11 +199,8 @@ PR_SET_NO_NEW_PRIVS = 38
 def _landlock_abi() -> int:
     """The kernel's Landlock ABI version (0: none, or blocked by seccomp)."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        return max(0, libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
+        _, syscall = _libc()
+        return max(0, syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
     except Exception:
         return 0
 
@@ -187,31 +217,37 @@ def _scope_self() -> bool:
     network rules: those are the container's business.
     """
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        attr = (ctypes.c_uint64 * 3)(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
-        fd = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+        _, syscall = _libc()
+        attr = _SCOPE_ATTR[0] if _SCOPE_ATTR else _scope_attr()
+        fd = syscall(LANDLOCK_CREATE_RULESET, attr, 24, 0)
         if fd < 0:
             return False
         try:
             _prctl(PR_SET_NO_NEW_PRIVS, 1)
-            return libc.syscall(LANDLOCK_RESTRICT_SELF, fd, 0) == 0
+            return syscall(LANDLOCK_RESTRICT_SELF, fd, 0) == 0
         finally:
             os.close(fd)
     except Exception:
         return False
 
 
+_SCOPE_ATTR: list = []
+
+
+def _scope_attr():
+    """struct landlock_ruleset_attr {handled_access_fs, handled_access_net, scoped} (made once, like _libc)."""
+    import ctypes
+
+    _SCOPE_ATTR.append((ctypes.c_uint64 * 3)(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL))
+    return _SCOPE_ATTR[0]  # a ctypes array: passed as a pointer
+
+
 def _harden_self() -> None:
     """Not dumpable (no ptrace, /proc/PID/{mem,environ,fd} closed to same-uid processes), no core files."""
     _prctl(PR_SET_DUMPABLE, 0)
     try:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         pass
 
 
@@ -347,11 +383,20 @@ def zygote_main(opts: argparse.Namespace) -> None:
         ctrl.send(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"}).encode())
         os._exit(1)
     opts.scoped = _landlock_abi() >= 6  # checked once; every spare then confines itself (_scope_self)
+    if opts.scoped:
+        _scope_attr()
     versions = {
         name: getattr(sys.modules[name], "__version__", "")
         for name in ("numpy", "sympy", "scipy")
         if name in sys.modules
     }
+    opts.max_fd = _max_fd()
+    opts.workdir_prefix = os.path.join(opts.workroot, "w")
+    _mt_state()
+    try:
+        _block_stdio()
+    except OSError:
+        _STDIO.clear()
     gc.collect()
     gc.freeze()  # children's collections then never touch (and copy) the zygote's pages
     huge_pages = _huge_pages()
@@ -408,7 +453,7 @@ def _report_exits(ctrl: socket.socket) -> None:
         if pid == 0:
             return
         try:
-            ctrl.send(json.dumps({"exit": pid, "status": status}).encode())
+            ctrl.send(b'{"exit":%d,"status":%d}' % (pid, status))  # no json: the zygote's loop touches little
         except OSError:
             os._exit(0)
 
@@ -438,7 +483,7 @@ def _spawn(ctrl: socket.socket, opts: argparse.Namespace, wake_r: int, wake_w: i
         os.close(fd)
     parent_ends = [job_w, res_r, out_r, err_r]
     try:
-        socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], parent_ends)
+        socket.send_fds(ctrl, [b'{"pid":%d}' % pid], parent_ends)
     finally:
         for fd in parent_ends:
             os.close(fd)
@@ -446,39 +491,45 @@ def _spawn(ctrl: socket.socket, opts: argparse.Namespace, wake_r: int, wake_w: i
 
 def _spare_main(ctrl: socket.socket, opts: argparse.Namespace, job_r: int, res_w: int, out_w: int, err_w: int) -> None:
     """A spare: set up everything ahead of demand, then wait for one job. Never returns."""
+    # Modules are imported at the top, not here: an import statement in a spare, even of a module
+    # the zygote has, costs ~50 copy-on-write page faults (the first time; measured for atexit).
     try:
-        import fcntl
-
         signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD plumbing is not the block's
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _signal.signal(SIGCHLD, SIG_DFL)  # not signal.signal: its enum conversions cost ~50 page faults
         ctrl.detach()  # the socket object must not close a reused fd number later
         os.setsid()  # own session and process group: killed as a whole
         devnull = os.open(os.devnull, os.O_RDWR)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in (devnull, out_w, err_w, job_r, res_w)]
         for target, fd in enumerate(high):
             os.dup2(fd, target, inheritable=target < 3)  # 3 (jobs) and 4 (results): close-on-exec
-        os.closerange(5, _max_fd())  # every other fd of the zygote: the hub socket, other pipes
+        os.closerange(5, opts.max_fd)  # every other fd of the zygote: the hub socket, other pipes
         if opts.scoped and not _scope_self():
             os._exit(71)  # the zygote found the scope available: never run a block without it
-        try:
-            with open("/proc/self/oom_score_adj", "w") as file:
-                file.write("1000")  # out of memory: kill an execution, never the hub or the zygote
+        try:  # out of memory: kill an execution, never the hub or the zygote
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(fd, b"1000")
+            finally:
+                os.close(fd)
         except OSError:
             pass
-        workdir = os.path.join(opts.workroot, f"w{os.getpid()}")
+        workdir = opts.workdir_prefix + str(os.getpid())  # os.path.join(workroot, f"w{pid}"), as the hub's
         os.mkdir(workdir, 0o700)
         os.chdir(workdir)
         _reseed()
         # Everything that does not depend on the code, done before it arrives: a fresh __main__,
         # the interpreter's stdio on our pipes, and one pass through the parse/compile machinery
         # (its pages are then this process's own, not copy-on-write faults on the critical path).
-        filename = os.path.join(workdir, "tmp.py")
+        filename = workdir + "/tmp.py"
         main = _fresh_main(filename)
         sys.argv = [filename]
         sys.path[0] = workdir
-        sys.stdin = sys.__stdin__ = _stdio(0, "r", "strict")
-        sys.stdout = sys.__stdout__ = _stdio(1, "w", "strict")
-        sys.stderr = sys.__stderr__ = _stdio(2, "w", "backslashreplace", line_buffering=True)
+        if _STDIO:  # made by the zygote, never used there: unwritten, as if new
+            sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[:3]
+        else:
+            sys.stdin = sys.__stdin__ = _stdio(0, "r", "strict")
+            sys.stdout = sys.__stdout__ = _stdio(1, "w", "strict")
+            sys.stderr = sys.__stderr__ = _stdio(2, "w", "backslashreplace", line_buffering=True)
         compile(program.seed_program("x = [1, 2.5, 'a']\nx"), "<warm>", "exec", dont_inherit=True)
         job = _read_frame(3)
         if job is None:  # the hub closed our job pipe: retired
@@ -500,10 +551,16 @@ def _max_fd() -> int:
         return 65536
 
 
+_MT_STATE: list = []  # numpy's global MT19937 state (key[624], pos) as bytes in place (see _mt_state)
+MT_KEY0, MT_POS = (0x80000000).to_bytes(4, sys.byteorder), (623).to_bytes(4, sys.byteorder)
+
+
 def _reseed() -> None:
     """Fresh randomness per execution, as in a fresh interpreter (`random` reseeds itself at fork)."""
     numpy = sys.modules.get("numpy")
-    if numpy is not None:
+    if _MT_STATE:  # what numpy.random.seed() makes of 624 words of entropy, without its ~80 page faults
+        _MT_STATE[0][:] = MT_KEY0 + os.urandom(2492) + MT_POS
+    elif numpy is not None:
         try:
             numpy.random.seed()
         except Exception:
@@ -518,6 +575,67 @@ def _reseed() -> None:
                 pass
 
 
+def _mt_state() -> None:
+    """In the zygote: find numpy's global MT19937 state, for _reseed to write fresh entropy there.
+
+    numpy.random.seed() (legacy seeding with no seed) draws entropy through a SeedSequence and
+    sets key[0] = 0x80000000, key[1:624] = that entropy, pos = 623, and no cached gaussian: in a
+    spare that costs ~80 copy-on-write page faults (Python objects, numpy's caches). The same
+    state with key[1:624] from os.urandom is one write into the C struct {uint32 key[624]; int
+    pos}. Used only if numpy's own get_state() agrees on where the struct is and what it holds.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return
+    try:
+        import ctypes
+
+        address = numpy.random.mtrand._rand._bit_generator.ctypes.state_address
+        view = memoryview((ctypes.c_uint32 * 625).from_address(address)).cast("B")
+        if len(view) != 2500:
+            return
+        pattern = MT_KEY0 + os.urandom(2492) + MT_POS
+        view[:] = pattern
+        _name, key, pos, has_gauss, _gauss = numpy.random.get_state()
+        ok = key.astype("<u4").tobytes() == pattern[:2496] and pos == 623 and has_gauss == 0
+        numpy.random.seed()
+        if ok:
+            _MT_STATE.append(view)
+    except Exception:
+        pass
+
+
+_STDIO: list = []  # a block's sys.stdin/stdout/stderr, made by the zygote (see _block_stdio)
+
+
+def _block_stdio() -> None:
+    """In the zygote: make a block's stdio objects (~60 page faults in a spare) ahead of forking.
+
+    They are what _spare_main would make: fd 0 (/dev/null in both), fds 1 and 2 made pipes for
+    the moment, so that each object's view of its file (not seekable) is that of a spare's.
+    The zygote never uses them; each spare gets its own copy, with empty buffers.
+    """
+    r, w = os.pipe()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        _STDIO.extend(
+            (
+                _stdio(0, "r", "strict"),
+                _stdio(1, "w", "strict"),
+                _stdio(2, "w", "backslashreplace", line_buffering=True),
+                # the zygote's own, which the spare's assignments would otherwise free (more faults)
+                (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__),
+            )
+        )
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (r, w, *saved):
+            os.close(fd)
+
+
 def _stdio(fd: int, mode: str, errors: str, line_buffering: bool = False):
     import io
 
@@ -527,9 +645,6 @@ def _stdio(fd: int, mode: str, errors: str, line_buffering: bool = False):
 
 
 def _fresh_main(filename: str | None):
-    import builtins
-    import types
-
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     if filename is not None:
@@ -541,22 +656,21 @@ def _fresh_main(filename: str | None):
 
 def _block_main(job: dict, workdir: str, filename: str, main) -> None:
     """Run one block as `python3 tmp.py` would: preamble, auto-print, real fds, exit status."""
-    import linecache
-
     try:
-        import resource
-
         limit = int(2 * float(job.get("timeout", 5))) + 5  # a backstop; the wall-clock timeout comes first
         resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
-    except (ImportError, ValueError, OSError):
+    except (ValueError, OSError):
         pass
     source = program.seed_program(job["code"])
     # Compiled from the bytes the seed would write to tmp.py, so that encodings, NUL bytes and
     # coding cookies fail or pass exactly as the seed's `python3 tmp.py` does.
     data = source.encode("utf-8", "surrogatepass")
     try:  # on disk, as the seed's: the interpreter's traceback printer reads source lines from the file
-        with open(filename, "wb") as file:
-            file.write(data)
+        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # open(, "wb")
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
     except OSError:  # e.g. a full /tmp: Python's traceback code falls back on linecache
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     rc = 0
@@ -580,7 +694,7 @@ def _block_main(job: dict, workdir: str, filename: str, main) -> None:
         except OSError:
             pass
     try:
-        _write_all(4, encode({"rc": rc}))
+        _write_all(4, _frame(b'{"rc":%d}' % rc))
         # Exit only when the hub says so (EOF on the job pipe, right after the result is on its
         # way): tearing down this copy of the zygote takes milliseconds of CPU that would
         # otherwise delay the result's delivery (measured: +3 ms in a container on 2 cores).
@@ -619,8 +733,6 @@ def _finalize(rc: int) -> int:
         except BaseException:
             pass
     try:
-        import atexit
-
         atexit._run_exitfuncs()
     except BaseException:
         pass
