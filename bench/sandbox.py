@@ -233,9 +233,10 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         "generates between executions (the executions/s of that row include the pauses). "
         "Pool: " + pool_note + ". "
         "In a closed loop, consecutive blocks alternate between the containers, and every execution still costs "
-        "~7 ms of CPU in its container (the cgroup's counter; ~1 ms of it on the critical path, the rest the fork "
-        "of the ~55 MB zygote, whose heap is on 2 MiB pages where the kernel allows, the new process's set-up "
-        "and its exit, nearly all of it the kernel's page-table and copy-on-write work), so on 2 cores the closed "
+        "~4 ms of CPU in its container (the cgroup's counter; ~1 ms of it on the critical path, the rest the fork "
+        "of the ~58 MB zygote, about half of whose heap stays on 2 MiB pages, the new process's set-up (~500 "
+        "copy-on-write page faults) and its exit, nearly all of it the kernel's page-table and copy-on-write "
+        "work), so on 2 cores the closed "
         "loop is CPU-bound: its p50 and p95 include waiting behind that work (and behind whatever else runs on "
         "the machine); blocks that arrive with pauses see the paced row's latency.",
     ]
