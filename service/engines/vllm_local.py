@@ -133,12 +133,13 @@ class VllmEngine:
         started = time.monotonic()
         try:
             args = AsyncEngineArgs(**options.engine_args(cpu=current_platform.is_cpu()))
-            engine = AsyncLLM.from_engine_args(args)
+            # No local name for the engine: this frame can outlive the call (a lazy import below
+            # keeps it referenced), and the engine must go with close(), not at interpreter exit.
+            self._engine = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises ValueError, OSError, RuntimeError, pydantic errors...
             raise EngineError(_start_failure(options, exc)) from exc
         log.info("vLLM engine for %s started in %.1f s", options.model, time.monotonic() - started)
-        self._engine = engine
-        self._has_chat_template = _chat_template_of(engine) is not None
+        self._has_chat_template = _chat_template_of(self._engine) is not None
         if not self._has_chat_template:
             log.warning(
                 "the tokenizer of %s has no chat template; prompts use the configured prompt_template",
