@@ -11,11 +11,13 @@ strings, seeds, aborts) is vLLM's real behaviour.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -181,6 +183,16 @@ async def test_attention_backend_reaches_vllm(vllm_installed: None, tiny_model_d
     """SCTIR_ATTENTION_BACKEND is vLLM's engine argument: vLLM itself refuses an unknown name."""
     with pytest.raises(EngineError, match="Unknown attention backend: 'NO_SUCH_BACKEND'.*TRITON_ATTN"):
         await VllmEngine(tiny_vllm_options(tiny_model_dir, attention_backend="NO_SUCH_BACKEND")).start()
+
+
+async def test_close_releases_the_engine(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> None:
+    """After close() nothing holds vLLM's AsyncLLM (it used to live on until interpreter exit)."""
+    engine = VllmEngine(tiny_vllm_options(tiny_model_dir))
+    await engine.start()
+    released = weakref.ref(engine._engine)
+    await engine.close()
+    gc.collect()
+    assert released() is None
 
 
 @pytest.fixture
