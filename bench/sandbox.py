@@ -236,9 +236,9 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         "~4 ms of CPU in its container (the cgroup's counter; ~1 ms of it on the critical path, the rest the fork "
         "of the ~58 MB zygote, about half of whose heap stays on 2 MiB pages, the new process's set-up (~500 "
         "copy-on-write page faults) and its exit, nearly all of it the kernel's page-table and copy-on-write "
-        "work), so on 2 cores the closed "
-        "loop is CPU-bound: its p50 and p95 include waiting behind that work (and behind whatever else runs on "
-        "the machine); blocks that arrive with pauses see the paced row's latency.",
+        "work), so on 2 cores the closed loop is CPU-bound: its p50 and p95 include waiting behind that work "
+        "(and behind whatever else runs on the machine); blocks that arrive with pauses see the paced row's "
+        "latency.",
     ]
     seed = {row["concurrency"]: row for row in rows if row["executor"] == "seed"}
     for row in rows:

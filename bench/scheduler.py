@@ -42,9 +42,9 @@ from bench.seed_baseline import solve_with_step_barrier
 from sandbox.pool import DockerExecutor
 from service.answers import AnswerMode
 from service.engines.base import StepRequest, StepResult
-from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.engines.vllm_local import VllmEngine
 from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
-from tests.tiny_model import BUILD_VERSION, TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV, build_tiny_model
+from tests.tiny_model import BUILD_VERSION, VLLM_CPU_ENV, build_tiny_model, tiny_vllm_options
 from training.demo import heldout_problems
 
 TINY_MODEL_DIR = Path.home() / ".cache" / "sctir" / f"tiny-model-v{BUILD_VERSION}"
@@ -109,17 +109,11 @@ class Row:
 def make_engine(model: str | None, max_num_seqs: int | None, *, loops: bool) -> VllmEngine:
     """The tiny model, constrained (model None), or `model` as the service would serve it on CPU.
 
-    `loops`: the tiny model's code may also run a loop of a bound it picks (bench/constrained.py).
+    `loops`: the tiny model's code also runs a loop of a length it picks (bench/constrained.py).
     """
-    options = VllmOptions(
-        model=str(build_tiny_model(TINY_MODEL_DIR)) if model is None else model,
-        dtype="float32",  # batch-invariant numerics: a seed's text does not depend on the schedule
-        max_model_len=TINY_MAX_MODEL_LEN,
-        enforce_eager=True,
-        kv_cache_memory_bytes=TINY_KV_CACHE_BYTES,
-        max_num_seqs=max_num_seqs,
-        disable_log_stats=True,
-    )
+    # float32 (tiny_vllm_options): batch-invariant numerics, so a seed's text does not depend on the schedule.
+    model_dir = build_tiny_model(TINY_MODEL_DIR) if model is None else Path(model)
+    options = tiny_vllm_options(model_dir, max_num_seqs=max_num_seqs, disable_log_stats=True)
     if model is None:
         return ConstrainedVllmEngine(options, regex_for=functools.partial(varying_tir_regex, loops=loops))
     return VllmEngine(options)
@@ -235,7 +229,7 @@ def main() -> None:
         choices=("assignments", "loops"),
         default="assignments",
         help="the tiny model's code: assignments and a print (runs in microseconds), or also a loop of "
-        "up to 999999 iterations whose bound the model picks (runs for up to a few tenths of a second)",
+        "10**k iterations, k from 1 to 6 picked by the model (runs for up to about 0.3 s)",
     )
     parser.add_argument("--problems", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=48)

@@ -143,17 +143,16 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def encode(message: dict) -> bytes:
-    data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+def _frame(data: bytes) -> bytes:
     return HEADER.pack(len(data)) + data
+
+
+def encode(message: dict) -> bytes:
+    return _frame(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
 def decode(data: bytes) -> dict:
     return json.loads(data.decode("utf-8", "surrogatepass"))
-
-
-def _frame(data: bytes) -> bytes:
-    return HEADER.pack(len(data)) + data
 
 
 ACK = encode({"ack": 1})
@@ -324,8 +323,7 @@ JOB = struct.Struct(">?dq")  # session, timeout, cap; then the code (UTF-8, surr
 
 def _job_frame(session: bool, timeout: float, cap: int, code: str) -> bytes:
     """A job for a spare or a session (the hub's side of _read_job): no JSON, for the spare's sake."""
-    data = JOB.pack(session, timeout, cap) + code.encode("utf-8", "surrogatepass")
-    return HEADER.pack(len(data)) + data
+    return _frame(JOB.pack(session, timeout, cap) + code.encode("utf-8", "surrogatepass"))
 
 
 def _read_job(fd: int) -> dict | None:

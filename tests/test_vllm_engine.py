@@ -96,8 +96,15 @@ def test_t4_defaults_leave_the_rest_to_vllm() -> None:
     assert args["enable_prefix_caching"] is True
     assert args["max_model_len"] == 4096
     # Unset: the checkpoint's quantization config, vLLM's KV-cache sizing, batch size, chunking, attention.
-    unset = {"quantization", "revision", "kv_cache_memory_bytes", "max_num_seqs", "enable_chunked_prefill"}
-    assert not {*unset, "attention_backend"} & args.keys()
+    unset = {
+        "quantization",
+        "revision",
+        "kv_cache_memory_bytes",
+        "max_num_seqs",
+        "enable_chunked_prefill",
+        "attention_backend",
+    }
+    assert not unset & args.keys()
 
 
 def test_chunked_prefill_is_off_on_cpu_unless_set() -> None:
