@@ -97,11 +97,14 @@ class SeedExecutor:
     async def close_session(self, session_id: str) -> None:
         pass
 
+    async def release(self, tenant: str) -> None:
+        pass  # a fresh process and directory per block: nothing of a tenant outlives its block
+
     async def close(self) -> None:
         for proc in list(self._running):
             _kill_group(proc)
 
-    async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
+    async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None) -> ExecutionResult:
         async with self._semaphore:
             return await self._run_block(code)
 

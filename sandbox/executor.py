@@ -40,10 +40,17 @@ class Executor(Protocol):
 
     async def ready(self) -> bool: ...
 
-    async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
-        """Run `code`; with a session id, in that session's persistent namespace."""
+    async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None) -> ExecutionResult:
+        """Run `code`; with a session id, in that session's persistent namespace.
+
+        `tenant` names whose code it is (the service: one /solve request). An isolating
+        executor never lets one tenant's code reach another's; no tenant is one default tenant.
+        """
 
     async def close_session(self, session_id: str) -> None:
         """Forget a session's state (its candidate finished)."""
+
+    async def release(self, tenant: str) -> None:
+        """The tenant is done: nothing of it may outlive this (an isolating executor destroys its sandbox)."""
 
     async def close(self) -> None: ...

@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ HEADER = struct.Struct(">I")
 LABEL = "sctir.sandbox"
 LABEL_POOL = "sctir.sandbox.pool"
 LABEL_OWNER = "sctir.sandbox.owner"
+WORKROOT = "/run/sctir"  # the runner's per-execution directories, in a container: a tmpfs of its own
 RESET_NOTE = "The session state was reset."
 
 
@@ -94,6 +96,7 @@ class RunnerConnection:
         self.pending: dict[int, asyncio.Future[dict]] = {}
         self.ids = itertools.count(1)
         self.stderr_tail: deque[str] = deque(maxlen=20)
+        self.on_unhealthy: Callable[[str], None] | None = None  # the runner found itself unfit (see runner.py)
         self._stderr_buf = bytearray()
         self._task = asyncio.create_task(self._read_loop(), name=f"runner-reader-{name}")
 
@@ -167,6 +170,10 @@ class RunnerConnection:
             if not self.hello.done():
                 self.hello.set_result(message)
             return
+        if message.get("type") == "unhealthy":
+            if self.on_unhealthy is not None:
+                self.on_unhealthy(str(message.get("reason")))
+            return
         future = self.pending.pop(message.get("id"), None)
         if future is not None and not future.done():
             future.set_result(message)
@@ -219,6 +226,7 @@ class Slot:
     sessions: set[str] = field(default_factory=set)
     retired: bool = False  # replaced or closing: takes no new work
     last_used: int = 0  # when it was last picked (a tick of the pool's counter)
+    tenant: str | None = None  # the tenant it is leased to (isolate_tenants), for its life
 
     @property
     def alive(self) -> bool:
@@ -327,7 +335,8 @@ class DockerLimits:
     memory: str = "1g"  # also the memory+swap limit: no swap
     pids: int = 256
     cpus: float = 1.0
-    tmpfs_size: str = "64m"
+    tmpfs_size: str = "64m"  # /tmp; the runner's work root (WORKROOT) gets as much
+    inodes: int = 16384  # files and directories in each of them (tmpfs nr_inodes): no inode flood
     runtime: str | None = None  # e.g. "runsc" for gVisor
     user: str = "10001:10001"
     shm_size: str = "16m"
@@ -435,7 +444,11 @@ class DockerBackend(Backend):
         host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.tmpfs_size},mode=1777"},
+            # Owned by root, mode 1777: the sandbox user can neither chmod nor remove the mount roots.
+            tmpfs={
+                path: f"rw,nosuid,nodev,noexec,size={limits.tmpfs_size},nr_inodes={limits.inodes},mode=1777"
+                for path in ("/tmp", WORKROOT)
+            },
             mem_limit=limits.memory,
             memswap_limit=limits.memory,
             pids_limit=limits.pids,
@@ -452,7 +465,7 @@ class DockerBackend(Backend):
         )
         created = api.create_container(
             self.image,
-            command=["--purge-tmp", "--spares", str(spares), *self.runner_args],
+            command=["--purge-tmp", "--confine", "--workroot", WORKROOT, "--spares", str(spares), *self.runner_args],
             name=name,
             hostname="sandbox",
             user=limits.user,
@@ -527,10 +540,20 @@ class DockerBackend(Backend):
 class SandboxPool:
     """Warm runners behind the Executor protocol (see sandbox/executor.py).
 
-    `size` slots, each running at most `concurrency` executions at once and
-    keeping that many spares forked ahead of demand. `last_block` executions
-    go to the least busy slot; a session sticks to the slot of its first
-    block (and its live process there) until it is closed or the slot dies.
+    Each slot runs at most `concurrency` executions at once and keeps that
+    many spares forked ahead of demand; a session sticks to the slot of its
+    first block (and its live process there) until it is closed or the slot
+    dies.
+
+    `isolate_tenants` (the Docker executor): a tenant (one /solve request) is
+    leased a slot of its own for its whole life, and `release(tenant)`
+    destroys it: no two tenants ever share a container, so nothing one leaves
+    behind or breaks (files, processes, inodes, a chmod-ed work root) can
+    reach another. `size` slots are kept warm and unleased, started ahead of
+    demand, so a lease costs nothing on the critical path; at most
+    `max_slots` exist at once (a tenant beyond that waits for a release).
+    Without it (the local executor, which isolates nothing anyway), `size`
+    slots serve every caller, each execution going to the least busy one.
     """
 
     def __init__(
@@ -543,10 +566,14 @@ class SandboxPool:
         start_timeout_s: float = 60.0,
         answer_grace_s: float = 10.0,
         name: str = "sandbox",
+        isolate_tenants: bool = False,
+        max_slots: int | None = None,
     ) -> None:
         if size < 1 or concurrency < 1 or timeout_s <= 0 or max_output_bytes <= 0:
             raise ValueError("size, concurrency, timeout_s and max_output_bytes must be positive")
         self.backend = backend
+        self.isolate_tenants = isolate_tenants
+        self.max_slots = max(max_slots or 4 * size, size + 1) if isolate_tenants else size
         self.size = size
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -563,10 +590,12 @@ class SandboxPool:
         self._tasks: set[asyncio.Task] = set()
         self._session_slot: dict[str, Slot] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
+        self._tenant_slot: dict[str, Slot] = {}
+        self._replenishing = False
         self._launches = itertools.count(1)
         self._picks = itertools.count(1)
         self._start_lock = asyncio.Lock()
-        self.counters = {"executions": 0, "replaced": 0, "slot_failures": 0, "killed_by_slot_loss": 0}
+        self.counters = {"executions": 0, "replaced": 0, "slot_failures": 0, "killed_by_slot_loss": 0, "released": 0}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -581,7 +610,7 @@ class SandboxPool:
             except Exception as error:
                 self.start_error = str(error)
                 raise RuntimeError(self.start_error) from error
-            missing = self.size - len(self._live()) - self._starting
+            missing = self.size - len(self._idle()) - self._starting
             results = await asyncio.gather(*(self._add_slot() for _ in range(missing)), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors and not self._live():
@@ -589,7 +618,8 @@ class SandboxPool:
                 raise RuntimeError(self.start_error) from errors[0]
             for error in errors:  # some started: retry the others in the background
                 log.warning("a sandbox slot failed to start: %s", error)
-                self._spawn_task(self._replace_later())
+            if errors:
+                self._replenish(delay=0.5)
             self.start_error = None
 
     async def ready(self) -> bool:
@@ -608,6 +638,7 @@ class SandboxPool:
         await self.backend.cleanup()
         self._session_slot.clear()
         self._session_locks.clear()
+        self._tenant_slot.clear()
         async with self._changed:
             self._changed.notify_all()
 
@@ -621,11 +652,20 @@ class SandboxPool:
             "busy": sum(slot.inflight for slot in live),
             "capacity": len(live) * self.concurrency,
             "sessions": len(self._session_slot),
+            "leased": len(self._tenant_slot),
             **self.counters,
         }
 
     def _live(self) -> list[Slot]:
         return [slot for slot in self.slots if slot.alive]
+
+    def _idle(self) -> list[Slot]:
+        """Live slots leased to no tenant (with isolate_tenants; otherwise every live slot)."""
+        return [slot for slot in self._live() if slot.tenant is None]
+
+    def _short(self) -> bool:
+        """Whether a slot should be started: fewer than `size` idle, and room under `max_slots`."""
+        return len(self._idle()) + self._starting < self.size and len(self._live()) + self._starting < self.max_slots
 
     def _spawn_task(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -653,6 +693,7 @@ class SandboxPool:
                 await self.backend.stop(slot)
                 raise SandboxUnavailable(f"the runner is not ready: {hello.get('error')}")
             slot.hello = hello
+            conn.on_unhealthy = lambda reason: self._spawn_task(self._condemn(slot, f"unhealthy: {reason}"))
             if self._closed:
                 await self.backend.stop(slot)
                 raise SandboxUnavailable("the pool is closed")
@@ -681,47 +722,68 @@ class SandboxPool:
         """Take `slot` out of service and start a replacement in the background."""
         if slot.retired or self._closed:
             return
-        slot.retired = True
         self.counters["slot_failures"] += 1
         log.warning("sandbox slot %s failed (%s); replacing it", slot.name, reason)
+        self._retire(slot)
+        self.counters["replaced"] += 1
+
+    def _retire(self, slot: Slot) -> None:
+        """Take `slot` out of service (its tenant, if any, gets a fresh one next); stop it in the background."""
+        slot.retired = True
         for session_id in list(slot.sessions):
             if self._session_slot.get(session_id) is slot:
                 del self._session_slot[session_id]
-        self._spawn_task(self._replace(slot))
+        if slot.tenant is not None and self._tenant_slot.get(slot.tenant) is slot:
+            del self._tenant_slot[slot.tenant]
+        self._spawn_task(self._stop(slot))
+        self._replenish(delay=0.0)
+
+    async def _stop(self, slot: Slot) -> None:
+        """Stop a retired slot once its executions are over (a dead runner fails them at once)."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: slot.inflight == 0 or slot.conn.lost is not None),
+                    self.timeout_s + self.answer_grace_s,
+                )
+        with contextlib.suppress(Exception):
+            await self.backend.stop(slot)
+        with contextlib.suppress(ValueError):
+            self.slots.remove(slot)
         async with self._changed:
             self._changed.notify_all()
 
-    async def _replace(self, old: Slot) -> None:
-        with contextlib.suppress(Exception):
-            await self.backend.stop(old)
-        with contextlib.suppress(ValueError):
-            self.slots.remove(old)
-        self.counters["replaced"] += 1
-        await self._replace_later(delay=0.0)
+    def _replenish(self, delay: float) -> None:
+        """Start slots in the background while the pool is short of them (one task at a time)."""
+        if not self._replenishing and not self._closed and self._short():
+            self._replenishing = True
+            self._spawn_task(self._replenish_loop(delay))
 
-    async def _replace_later(self, delay: float = 0.5) -> None:
-        """Start one slot, retrying with backoff while the pool is short of slots."""
-        while not self._closed and len(self._live()) + self._starting < self.size:
-            await asyncio.sleep(delay)
-            try:
-                await self._add_slot()
-                return
-            except Exception as error:
-                self.start_error = str(error)
-                delay = min(max(delay * 2, 0.5), 30.0)
-                log.warning("sandbox slot failed to start (%s); retrying in %.1f s", error, delay)
+    async def _replenish_loop(self, delay: float) -> None:
+        try:
+            while not self._closed and self._short():
+                await asyncio.sleep(delay)
+                try:
+                    await self._add_slot()
+                    delay = 0.0
+                except Exception as error:
+                    self.start_error = str(error)
+                    delay = min(max(delay * 2, 0.5), 30.0)
+                    log.warning("sandbox slot failed to start (%s); retrying in %.1f s", error, delay)
+        finally:
+            self._replenishing = False
 
     # -- execution -----------------------------------------------------------------
 
-    async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
+    async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None) -> ExecutionResult:
         started = time.monotonic()
         self.counters["executions"] += 1
         try:
             if session_id is None:
-                return await self._execute(code, None, started)
+                return await self._execute(code, None, tenant, started)
             lock = self._session_locks.setdefault(session_id, asyncio.Lock())
             async with lock:  # one block of a session at a time, in order
-                return await self._execute(code, session_id, started)
+                return await self._execute(code, session_id, tenant, started)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # no runner, or a bug here: the request must not fail
@@ -729,8 +791,8 @@ class SandboxPool:
                 log.exception("sandbox executor failed")
             return _result(ExecutionStatus.KILLED, "", f"executor failed: {error}", started)
 
-    async def _execute(self, code: str, session_id: str | None, started: float) -> ExecutionResult:
-        slot = await self._acquire(session_id)
+    async def _execute(self, code: str, session_id: str | None, tenant: str | None, started: float) -> ExecutionResult:
+        slot = await self._acquire(session_id, tenant)
         try:
             return await self._run(slot, code, session_id, started)
         finally:
@@ -738,14 +800,14 @@ class SandboxPool:
             async with self._changed:
                 self._changed.notify_all()
 
-    async def _acquire(self, session_id: str | None) -> Slot:
-        """A live slot with room (the session's own, if it has one); starts the pool if needed."""
+    async def _acquire(self, session_id: str | None, tenant: str | None) -> Slot:
+        """A live slot with room (the tenant's, the session's own); starts the pool if needed."""
         deadline = time.monotonic() + self.start_timeout_s
         async with self._changed:
             while True:
                 if self._closed:
                     raise SandboxUnavailable("the executor is closed")
-                slot = self._pick(session_id)
+                slot = self._pick_for_tenant(tenant) if self.isolate_tenants else self._pick(session_id)
                 if slot is not None:
                     slot.inflight += 1
                     if session_id is not None and self._session_slot.get(session_id) is not slot:
@@ -761,6 +823,7 @@ class SandboxPool:
                     finally:
                         await self._changed.acquire()
                     continue
+                self._replenish(delay=0.0)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise SandboxUnavailable(f"no sandbox became available within {self.start_timeout_s} s")
@@ -783,6 +846,28 @@ class SandboxPool:
         slot = min(candidates, key=lambda slot: (slot.inflight, len(slot.sessions), slot.last_used))
         slot.last_used = next(self._picks)
         return slot
+
+    def _pick_for_tenant(self, tenant: str | None) -> Slot | None:
+        """The tenant's own slot, leasing it an idle one first; None while it has no room or none is idle."""
+        key = tenant or ""  # no tenant: the one default tenant
+        slot = self._tenant_slot.get(key)
+        if slot is None or not slot.alive:
+            idle = self._idle()
+            if not idle:
+                return None
+            slot = idle[0]
+            slot.tenant = key
+            self._tenant_slot[key] = slot
+            self._replenish(delay=0.0)  # another idle slot for the next tenant, ahead of its demand
+        return slot if slot.inflight < slot.capacity else None
+
+    async def release(self, tenant: str) -> None:
+        """The tenant is done: its slot (container) is destroyed, never to serve anyone else."""
+        slot = self._tenant_slot.pop(tenant, None)
+        if slot is None:
+            return
+        self.counters["released"] += 1
+        self._retire(slot)
 
     async def _run(self, slot: Slot, code: str, session_id: str | None, started: float) -> ExecutionResult:
         message = {
@@ -860,6 +945,7 @@ class DockerExecutor(SandboxPool):
         start_timeout_s: float = 60.0,
         answer_grace_s: float = 10.0,
         runner_args: list[str] | None = None,
+        max_containers: int | None = None,
     ) -> None:
         backend = DockerBackend(
             image=image, pool_name=pool_name, limits=limits, environment=environment, runner_args=runner_args
@@ -873,4 +959,6 @@ class DockerExecutor(SandboxPool):
             start_timeout_s=start_timeout_s,
             answer_grace_s=answer_grace_s,
             name=f"{pool_name}",
+            isolate_tenants=True,
+            max_slots=max_containers,
         )

@@ -93,6 +93,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -103,7 +104,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import program  # noqa: E402  (sandbox/program.py; next to this file in the image too)
+import confine  # noqa: E402  (sandbox/confine.py; next to this file in the image too)
+import program  # noqa: E402  (sandbox/program.py)
 
 PROTOCOL_VERSION = 1
 SIGCHLD, SIGIO = int(signal.SIGCHLD), int(signal.SIGIO)
@@ -192,57 +194,6 @@ def _prctl(option: int, value: int) -> bool:
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 
 
-LANDLOCK_CREATE_RULESET, LANDLOCK_RESTRICT_SELF, LANDLOCK_CREATE_RULESET_VERSION = 444, 446, 1
-LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
-PR_SET_NO_NEW_PRIVS = 38
-
-
-def _landlock_abi() -> int:
-    """The kernel's Landlock ABI version (0: none, or blocked by seccomp)."""
-    try:
-        _, syscall = _libc()
-        return max(0, syscall(LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION))
-    except Exception:
-        return 0
-
-
-def _scope_self() -> bool:
-    """Put this process (and what it starts) in its own Landlock domain, scoped for signals.
-
-    Every execution runs as the same unprivileged user, which the kernel lets signal every
-    other process of that user: a block could kill the blocks of other candidates, or the
-    zygote. A Landlock domain with the signal scope (Linux 6.12, ABI 6; unprivileged, under
-    no_new_privs) allows signals only to processes of the same domain, i.e. the block itself
-    and its own children; the hub and the zygote, in no domain, can still signal it. The
-    abstract-UNIX-socket scope closes the same door for abstract sockets. No file system or
-    network rules: those are the container's business.
-    """
-    try:
-        _, syscall = _libc()
-        attr = _SCOPE_ATTR[0] if _SCOPE_ATTR else _scope_attr()
-        fd = syscall(LANDLOCK_CREATE_RULESET, attr, 24, 0)
-        if fd < 0:
-            return False
-        try:
-            _prctl(PR_SET_NO_NEW_PRIVS, 1)
-            return syscall(LANDLOCK_RESTRICT_SELF, fd, 0) == 0
-        finally:
-            os.close(fd)
-    except Exception:
-        return False
-
-
-_SCOPE_ATTR: list = []
-
-
-def _scope_attr():
-    """struct landlock_ruleset_attr {handled_access_fs, handled_access_net, scoped} (made once, like _libc)."""
-    import ctypes
-
-    _SCOPE_ATTR.append((ctypes.c_uint64 * 3)(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL))
-    return _SCOPE_ATTR[0]  # a ctypes array: passed as a pointer
-
-
 def _harden_self() -> None:
     """Not dumpable (no ptrace, /proc/PID/{mem,environ,fd} closed to same-uid processes), no core files."""
     _prctl(PR_SET_DUMPABLE, 0)
@@ -318,12 +269,17 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return data
 
 
-JOB = struct.Struct(">?dq")  # session, timeout, cap; then the code (UTF-8, surrogates passed through)
+JOB = struct.Struct(">?dqQ")  # session, timeout, cap, token; then the code (UTF-8, surrogates passed through)
 
 
-def _job_frame(session: bool, timeout: float, cap: int, code: str) -> bytes:
-    """A job for a spare or a session (the hub's side of _read_job): no JSON, for the spare's sake."""
-    return _frame(JOB.pack(session, timeout, cap) + code.encode("utf-8", "surrogatepass"))
+def _job_frame(session: bool, timeout: float, cap: int, token: int, code: str) -> bytes:
+    """A job for a spare or a session (the hub's side of _read_job): no JSON, for the spare's sake.
+
+    `token` is fresh for every job and its result must carry it: a result that a block forges on
+    the result pipe names no job that is not its own, and one that comes after its job's result
+    (or for a job not yet sent) ends the session (see Hub._on_message).
+    """
+    return _frame(JOB.pack(session, timeout, cap, token) + code.encode("utf-8", "surrogatepass"))
 
 
 def _read_job(fd: int) -> dict | None:
@@ -334,9 +290,9 @@ def _read_job(fd: int) -> dict | None:
     body = _read_exact(fd, HEADER.unpack(header)[0])
     if body is None or len(body) < JOB.size:
         return None
-    session, timeout, cap = JOB.unpack_from(body)
+    session, timeout, cap, token = JOB.unpack_from(body)
     code = body[JOB.size :].decode("utf-8", "surrogatepass")
-    return {"mode": "session" if session else "block", "code": code, "cap": cap, "timeout": timeout}
+    return {"mode": "session" if session else "block", "code": code, "cap": cap, "timeout": timeout, "token": token}
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -360,6 +316,37 @@ def _oom_kills() -> int:
         except (OSError, ValueError):
             continue
     return -1
+
+
+def _fullness(root: str) -> float:
+    """How full a file system is, in blocks or in inodes, whichever is fuller (0 if unknown)."""
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return 0.0
+    blocks = 1 - fs.f_bavail / fs.f_blocks if fs.f_blocks else 0.0
+    inodes = 1 - fs.f_favail / fs.f_files if fs.f_files else 0.0
+    return max(blocks, inodes)
+
+
+def _processes():
+    """(pid, ppid, sid, state) of every process in sight, from /proc/PID/stat."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:  # os.open, not open(): 3 system calls instead of 7
+            fd = os.open(f"/proc/{entry}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+            finally:
+                os.close(fd)
+        except (OSError, IndexError):
+            continue
+        yield int(entry), int(fields[1]), int(fields[3]), fields[0]
 
 
 # ---------------------------------------------------------------------------
@@ -396,16 +383,13 @@ def zygote_main(opts: argparse.Namespace) -> None:
     except BaseException as error:  # reported to the hub, which reports it to the host
         ctrl.send(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"}).encode())
         os._exit(1)
-    opts.scoped = _landlock_abi() >= 6  # checked once; every spare then confines itself (_scope_self)
-    if opts.scoped:
-        _scope_attr()
+    opts.confinement = confine.Confinement(files=opts.confine)  # built once; every spare enters it
     versions = {
         name: getattr(sys.modules[name], "__version__", "")
         for name in ("numpy", "sympy", "scipy")
         if name in sys.modules
     }
     opts.max_fd = _max_fd()
-    opts.workdir_prefix = os.path.join(opts.workroot, "w")
     _mt_state()
     modules_main = sys.modules["__main__"]
     _MAIN.append(_fresh_main("tmp.py"))
@@ -423,7 +407,9 @@ def zygote_main(opts: argparse.Namespace) -> None:
         "preloaded": preloaded,
         "huge_pages": huge_pages,
         "versions": versions,
-        "signal_scope": opts.scoped,
+        **opts.confinement.describe(),
+        # A module search path entry that a block could write to would let it plant code for later blocks.
+        "writable_path": [path for path in sys.path if os.path.isdir(path) and os.access(path, os.W_OK)],
     }
     # From here on the zygote only forks, and every page it writes after a fork is a copy-on-write
     # fault that also splits the 2 MiB page around it for good (making every later fork dearer):
@@ -479,13 +465,19 @@ def _spawn(ctrl: socket.socket, opts: argparse.Namespace) -> None:
         return
     if pid == 0:
         _spare_main(ctrl, opts)  # never returns
+    # The hub learns every pid the zygote forks, before the child can do anything: any other child
+    # of the zygote (e.g. one a block made with clone(CLONE_PARENT)) is then a stray to be killed.
+    ctrl.send(b'{"forked":%d}' % pid)
 
 
 def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
     """A spare: set up everything ahead of demand, then wait for one job. Never returns.
 
-    It first sends the hub its pid and the hub's ends of its four pipes (job, result, stdout,
-    stderr), over the zygote's socket; one that dies before that is a failed spawn to the hub.
+    It makes its working directory (a random name, so that no block can find, pre-create or
+    plant in the directory of another), then sends the hub its pid, that name and the hub's ends
+    of its four pipes (job, result, stdout, stderr), over the zygote's socket; one that dies
+    before that is a failed spawn to the hub. It confines itself (sandbox/confine.py) before it
+    takes a job: a block can write nothing but its own directory.
     """
     # Modules are imported at the top, not here: an import statement in a spare, even of a module
     # the zygote has, costs ~50 copy-on-write page faults (the first time; measured for atexit).
@@ -495,8 +487,11 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        name = os.urandom(12).hex()
+        workdir = os.path.join(opts.workroot, name)
+        os.mkdir(workdir, 0o700)  # fails if it exists: nobody can have prepared it
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, FOUR_FDS.pack(job_w, res_r, out_r, err_r))]
-        ctrl.sendmsg([b'{"pid":%d}' % os.getpid()], rights)  # socket.send_fds, without its array
+        ctrl.sendmsg([b'{"pid":%d,"dir":"%s"}' % (os.getpid(), name.encode())], rights)  # socket.send_fds
         ctrl.detach()  # the socket object must not close a reused fd number later
         os.setsid()  # own session and process group: killed as a whole
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -509,8 +504,6 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
         os.dup2(job_r, 3, inheritable=False)
         os.dup2(res_w, 4, inheritable=False)
         os.closerange(5, opts.max_fd)  # every other fd: the hub socket, the hub's ends of the pipes
-        if opts.scoped and not _scope_self():
-            os._exit(71)  # the zygote found the scope available: never run a block without it
         try:  # out of memory: kill an execution, never the hub or the zygote
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
@@ -519,9 +512,12 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
                 os.close(fd)
         except OSError:
             pass
-        workdir = opts.workdir_prefix + str(os.getpid())  # os.path.join(workroot, f"w{pid}"), as the hub's
-        os.mkdir(workdir, 0o700)
         os.chdir(workdir)
+        if not opts.confinement.enter(workdir):
+            os._exit(71)  # the zygote found Landlock available: never run a block without it
+        for variable in ("HOME", "TMPDIR", "MPLCONFIGDIR"):  # scratch space: the only place it can write
+            os.environ[variable] = workdir
+        tempfile.tempdir = workdir
         _reseed()
         # Everything that does not depend on the code, done before it arrives: a fresh __main__,
         # the interpreter's stdio on our pipes, and one pass through the parse/compile machinery
@@ -533,8 +529,7 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
             sys.modules["__main__"] = main
         else:
             main = _fresh_main(filename)
-        sys.argv = [filename]
-        sys.path[0] = workdir
+        sys.argv = [filename]  # sys.path stays the zygote's: no directory a block can write is on it
         if _STDIO:  # made by the zygote, never used there: unwritten, as if new
             sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[:3]
         else:
@@ -668,17 +663,14 @@ def _fresh_main(filename: str | None):
 
 def _block_main(job: dict, workdir: str, filename: str, main) -> None:
     """Run one block as `python3 tmp.py` would: preamble, auto-print, real fds, exit status."""
-    try:
-        limit = int(2 * float(job.get("timeout", 5))) + 5  # a backstop; the wall-clock timeout comes first
-        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
-    except (ValueError, OSError):
-        pass
+    _limit_cpu(job, sessions=False)
     source = program.seed_program(job["code"])
     # Compiled from the bytes the seed would write to tmp.py, so that encodings, NUL bytes and
     # coding cookies fail or pass exactly as the seed's `python3 tmp.py` does.
     data = source.encode("utf-8", "surrogatepass")
     try:  # on disk, as the seed's: the interpreter's traceback printer reads source lines from the file
-        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # open(, "wb")
+        # A new file in a new directory; never through a link someone placed there.
+        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, data)
         finally:
@@ -706,7 +698,7 @@ def _block_main(job: dict, workdir: str, filename: str, main) -> None:
         except OSError:
             pass
     try:
-        _write_all(4, _frame(b'{"rc":%d}' % rc))
+        _write_all(4, _frame(b'{"rc":%d,"t":%d}' % (rc, job["token"])))
         # Exit only when the hub says so (EOF on the job pipe, right after the result is on its
         # way): tearing down this copy of the zygote takes milliseconds of CPU that would
         # otherwise delay the result's delivery (measured: +3 ms in a container on 2 cores).
@@ -720,6 +712,30 @@ def _block_main(job: dict, workdir: str, filename: str, main) -> None:
     os.chdir("/")
     _remove_workdir(workdir)
     os._exit(rc)
+
+
+SESSION_BLOCKS = 32  # a session's CPU budget, in blocks' worth (a candidate has at most 16 steps)
+
+
+def _limit_cpu(job: dict, sessions: bool) -> None:
+    """A CPU-time backstop (the wall-clock timeout comes first): SIGXCPU at the soft limit, SIGKILL at the hard.
+
+    A block gets 2 * timeout + 5 s. A session's process gets the same for each block on top of
+    what it has used (threads a block left spinning count too), within a hard limit it cannot
+    raise: SESSION_BLOCKS blocks' worth.
+    """
+    limit = int(2 * float(job.get("timeout", 5))) + 5
+    try:
+        if not sessions:
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+            return
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        if hard == resource.RLIM_INFINITY:
+            hard = limit * SESSION_BLOCKS
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        resource.setrlimit(resource.RLIMIT_CPU, (min(hard, int(used.ru_utime + used.ru_stime) + limit), hard))
+    except (ValueError, OSError):
+        pass
 
 
 def _exit_status(exit_: SystemExit) -> int:
@@ -767,19 +783,18 @@ def _session_main(job: dict, workdir: str) -> None:
     sys.stdout = sys.__stdout__ = _stdio(1, "w", "strict")
     sys.stderr = sys.__stderr__ = _stdio(2, "w", "backslashreplace", line_buffering=True)
     sys.argv = [""]
-    sys.path[0] = workdir
     main = _fresh_main(None)
     cap = int(job.get("cap", 65536))
     try:
         session = program.Session(cap, namespace=main.__dict__)
     except BaseException as error:
-        _write_all(
-            4, encode({"ok": False, "stdout": "", "error": f"{type(error).__name__}: {error}", "truncated": False})
-        )
+        failed = {"ok": False, "stdout": "", "error": f"{type(error).__name__}: {error}", "truncated": False}
+        _write_all(4, encode({**failed, "t": job["token"]}))
         os._exit(1)
     while job is not None:
+        _limit_cpu(job, sessions=True)
         result = session.run(program.with_auto_print(job["code"]))
-        _write_all(4, encode(result))
+        _write_all(4, encode({**result, "t": job["token"]}))
         job = _read_job(3)
     os._exit(0)
 
@@ -806,10 +821,10 @@ class Proc:
         "acks",
     )
 
-    def __init__(self, pid: int, fds: list[int], workroot: str) -> None:
+    def __init__(self, pid: int, fds: list[int], workdir: str) -> None:
         self.pid = pid
         self.job_w, self.res_r, self.out_r, self.err_r = fds
-        self.workdir = os.path.join(workroot, f"w{pid}")
+        self.workdir = workdir
         self.role = "spare"  # spare | block | session
         self.run: Run | None = None
         self.session: str | None = None
@@ -836,10 +851,12 @@ class Run:
         "fallback",
         "request",
         "acked",
+        "token",
     )
 
     def __init__(self, request: dict, proc: Proc) -> None:
         self.request = request
+        self.token = int.from_bytes(os.urandom(8), "big")  # what its result must carry (see _job_frame)
         self.acked = proc.role != "spare"  # a session's later blocks go to a process already running
         self.id = request["id"]
         self.proc = proc
@@ -888,7 +905,8 @@ class Hub:
         self.zygote_ready = False
         self.zygote_restarts = -1
         self.zygote_info: dict = {}
-        self.spawning = 0
+        self.spawning = 0  # spawns asked of the zygote that it has not reported as forked (or failed)
+        self.forked: set[int] = set()  # spares forked by the zygote that have not announced themselves
         self.spawn_backoff = 0.0
         self.spawn_timer: list | None = None
         self.quiet_until = 0.0
@@ -901,6 +919,8 @@ class Hub:
         self.workroot = opts.workroot or tempfile.mkdtemp(prefix="sctir-runner-")
         os.makedirs(self.workroot, mode=0o700, exist_ok=True)
         self.opts.workroot = self.workroot
+        self.workroot_stat = os.lstat(self.workroot)  # what _check_health expects it to stay
+        self.unhealthy: str | None = None
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -1126,7 +1146,7 @@ class Hub:
             session = True
         run.timer = self.add_timer(run.timeout, lambda: self._on_timeout(run))
         code = request["code"] if isinstance(request["code"], str) else str(request["code"])
-        self.write_fd(proc.job_w, _job_frame(session, run.timeout, run.cap, code))
+        self.write_fd(proc.job_w, _job_frame(session, run.timeout, run.cap, run.token, code))
 
     def _cancel(self, run_id: int) -> None:
         for i, request in enumerate(self.queue):
@@ -1223,7 +1243,8 @@ class Hub:
             proc.res_r = -1
             return
         proc.res_buf += data
-        limit = 16 * (proc.run.cap if proc.run else 65536) + (1 << 20)
+        # A result holds at most cap characters of stdout and of error (JSON: <= 6 bytes a character).
+        limit = 12 * (proc.run.cap if proc.run else 65536) + 4096
         while len(proc.res_buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(proc.res_buf)
             if size > limit:
@@ -1246,14 +1267,28 @@ class Hub:
             note = f" {RESET_NOTE}" if run.mode == "session" else ""
             self._kill_run(run, "killed", f"The block corrupted its result channel.{note}")
         else:
+            if proc.session is not None and self.sessions.get(proc.session) is proc:
+                del self.sessions[proc.session]  # its next block starts afresh, and is told so
+                proc.session = None
             self._kill_proc(proc)
 
     def _on_message(self, proc: Proc, message: dict) -> None:
+        """One frame on a process's result pipe: only the answer to the job it holds is accepted.
+
+        A frame without the job's token, or any frame of a session between its jobs (a block
+        that wrote its own "result" and then the real one arrived), is a forgery: the process
+        is killed and the session reset, so no result can be taken for another job.
+        """
         run = proc.run
         if run is None or run.final is not None:
+            if proc.role == "session" and run is None and proc.status is None:
+                self._protocol_violation(proc)
             return
         if "ack" in message:
             run.acked = True
+            return
+        if message.get("t") != run.token:
+            self._protocol_violation(proc)
             return
         if run.mode == "block":
             if "rc" not in message or not isinstance(message["rc"], int):
@@ -1268,6 +1303,9 @@ class Hub:
             run.fallback = self.add_timer(self.opts.linger, lambda: self._retire(proc))
         else:
             stdout, error = str(message.get("stdout", "")), str(message.get("error", ""))
+            if len(stdout) > run.cap or len(error) > run.cap:  # the session caps both: not its own frame
+                self._protocol_violation(proc)
+                return
             if message.get("ok"):
                 if message.get("truncated"):
                     error = f"stdout truncated to its first {run.cap} characters."
@@ -1275,6 +1313,7 @@ class Hub:
             else:
                 self._finish(run, "error", stdout, error or "The block failed.")
             proc.run = None
+            self._kill_leftovers(proc)
 
     # -- ending runs ------------------------------------------------------------
 
@@ -1298,8 +1337,7 @@ class Hub:
         self.runs.pop(run.id, None)
         self.send(self._result(run.id, status, stdout, error, round(time.monotonic() - run.started, 6)))
         self.quiet_until = time.monotonic() + self.opts.linger
-        if run.mode == "block":
-            self._maybe_purge_tmp()
+        self._check_health()
 
     def _kill_run(self, run: Run, status: str, error: str, stdout: str = "") -> None:
         """Kill the run's process; its result goes out once the process is reaped (or after 2 s)."""
@@ -1457,43 +1495,46 @@ class Hub:
     def _strays(self) -> set[int]:
         """Processes that belong to no live execution, to be killed.
 
-        On a host (a subreaper): our own children other than the zygote, i.e. orphans
-        we adopted. In a container (PID 1, everything in sight is ours): every process
-        outside the hub, the zygote, its fresh spares and the sessions (sid) of live
-        executions -- also a fork bomb's children that left their group with setsid.
+        Known are: the hub, the zygote, the spares it reported forking, and the processes of
+        the sessions (sid) of live executions. On a host (a subreaper) the unknown children of
+        the hub and of the zygote are strays; in a container (PID 1, everything in sight is
+        ours) every unknown process is: a fork bomb's children that left their group with
+        setsid, and a child a block made with clone(CLONE_PARENT), which the zygote's parent
+        pid does not make a spare. While a fork's report is on its way (`spawning`), unknown
+        children of the zygote are left for the next sweep.
         """
+        known = {self.pid, self.zygote_pid, *self.procs, *self.forked}
+        zygote_children_pending = self.spawning > 0
         if not self.is_init:
-            try:
-                with open(f"/proc/self/task/{self.pid}/children") as file:
-                    children = {int(pid) for pid in file.read().split()}
-            except (OSError, ValueError):
-                return set()
-            return children - set(self.procs) - {self.zygote_pid}
-        live_sessions = set(self.procs)
-        strays = set()
-        try:
-            entries = os.listdir("/proc")
-        except OSError:
-            return strays
-        for entry in entries:
-            if not entry.isdigit():
-                continue
-            pid = int(entry)
-            if pid == self.pid or pid == self.zygote_pid or pid in self.procs:
-                continue
-            try:  # os.open, not open(): 3 system calls instead of 7, once per execution
-                fd = os.open(f"/proc/{entry}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            children: set[int] = set()
+            for parent in (self.pid, self.zygote_pid):
+                if parent is None:
+                    continue
                 try:
-                    fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
-                finally:
-                    os.close(fd)
-            except (OSError, IndexError):
+                    with open(f"/proc/{parent}/task/{parent}/children") as file:
+                        found = {int(pid) for pid in file.read().split()}
+                except (OSError, ValueError):
+                    continue
+                if parent != self.zygote_pid or not zygote_children_pending:
+                    children |= found
+            return children - known
+        strays = set()
+        for pid, ppid, sid, state in _processes():
+            if pid in known or state == b"Z" or sid in self.procs:
+                continue  # ours, a zombie (reaped by its parent), or a live execution's
+            if ppid == self.zygote_pid and zygote_children_pending:
                 continue
-            state, ppid, sid = fields[0], int(fields[1]), int(fields[3])
-            if state == b"Z" or sid in live_sessions or (ppid == self.zygote_pid and self.zygote_pid is not None):
-                continue  # a zombie (reaped by its parent), a live execution's, a spare not yet announced
             strays.add(pid)
         return strays
+
+    def _kill_leftovers(self, proc: Proc) -> None:
+        """After a session's block: kill every process of its session but the session itself."""
+        for pid, _, sid, _ in _processes():
+            if sid == proc.pid and pid != proc.pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _sweep(self) -> None:
         """Kill the groups of ended executions and every stray process until none is left."""
@@ -1507,7 +1548,7 @@ class Hub:
                     del self.dead_groups[pgid]
             except (ProcessLookupError, PermissionError):
                 del self.dead_groups[pgid]
-        found = False
+        found = self.spawning > 0  # a fork not yet reported: look again soon
         for _ in range(20):  # kill all that is there in one go, again while something keeps forking
             strays = self._strays()
             if not strays:
@@ -1538,6 +1579,7 @@ class Hub:
         argv = [sys.executable, *flags, os.path.abspath(__file__), "--zygote", "--hub-pid", str(self.pid)]
         argv += ["--workroot", self.workroot, "--preload", self.opts.preload]
         argv += ["--warmup"] if self.opts.warmup else ["--no-warmup"]
+        argv += ["--confine"] if self.opts.confine else []
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -1576,19 +1618,25 @@ class Hub:
         if "ready" in message:
             self._on_zygote_ready(message)
             return True
+        if "forked" in message:
+            self.spawning = max(0, self.spawning - 1)
+            self.forked.add(message["forked"])
+            return True
         if "exit" in message:
             proc = self.procs.pop(message["exit"], None)
             if proc is not None:
                 self._on_proc_exit(proc, message["status"])
                 self._sweep()
-            else:  # a spare that died before announcing itself (it announces before it can exit)
-                self._spawn_failed(f"a new spare exited ({message['status']})")
+            elif message["exit"] in self.forked:  # a spare that died before announcing itself
+                self.forked.discard(message["exit"])
+                self._spawn_failed(f"a new spare exited ({message['status']})", counted=True)
             return True
-        if "pid" in message and len(fds) == 4:
-            self.spawning = max(0, self.spawning - 1)
+        name = str(message.get("dir", ""))
+        if "pid" in message and len(fds) == 4 and len(name) == 24 and name.isalnum():
+            self.forked.discard(message["pid"])
             for fd in fds:
                 os.set_blocking(fd, False)
-            proc = Proc(message["pid"], fds, self.workroot)
+            proc = Proc(message["pid"], fds, os.path.join(self.workroot, name))
             self.procs[proc.pid] = proc
             self.spawn_backoff = 0.0
             if self.queue:
@@ -1601,8 +1649,10 @@ class Hub:
             self._spawn_failed(message.get("error"))
         return True
 
-    def _spawn_failed(self, error: object) -> None:
-        self.spawning = max(0, self.spawning - 1)
+    def _spawn_failed(self, error: object, counted: bool = False) -> None:
+        """A spawn failed: back off. `counted`: it was forked (and so already taken off `spawning`)."""
+        if not counted:
+            self.spawning = max(0, self.spawning - 1)
         self.spawn_backoff = min(1.0, max(0.02, self.spawn_backoff * 2))
         _log(f"spawn failed: {error}; retrying in {self.spawn_backoff:.2f} s")
         if self.spawn_timer is None:
@@ -1712,28 +1762,52 @@ class Hub:
                 return
             self.spawning += 1
 
-    # -- /tmp hygiene (containers) ---------------------------------------------
+    # -- the container's health --------------------------------------------------
 
-    def _maybe_purge_tmp(self) -> None:
-        """In a container, keep a block's leftovers from filling the shared tmpfs for later blocks."""
-        if not self.opts.purge_tmp:
-            return
-        for root in (os.path.dirname(self.workroot), "/dev/shm"):
-            try:
-                stats = os.statvfs(root)
-            except OSError:
+    def _check_health(self) -> None:
+        """After each result: is this runner still fit for the next block? Repair it, or say it is not.
+
+        A block cannot write outside its own directory where Landlock confines it, but it can
+        chmod the work root (Landlock does not govern chmod) and, unconfined, fill or break
+        anything its user owns. The work root must be the directory it was, with its mode; the
+        scratch file systems must have room (blocks and inodes): at half full, in a container,
+        whatever no live execution owns is removed; a runner that is still broken tells the host
+        ("unhealthy"), which replaces its container. Three system calls when all is well.
+        """
+        problem = None
+        try:
+            now = os.lstat(self.workroot)
+        except OSError:
+            problem = "the work root is gone"
+        else:
+            expected = self.workroot_stat
+            if (now.st_dev, now.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISDIR(now.st_mode):
+                problem = "the work root was replaced"
+            elif now.st_mode != expected.st_mode:
+                try:
+                    os.chmod(self.workroot, stat.S_IMODE(expected.st_mode))
+                except OSError:
+                    problem = "the work root's mode was changed"
+        if problem is None and self.opts.purge_tmp:
+            problem = self._check_space()
+        if problem is not None and problem != self.unhealthy:
+            _log(f"unhealthy: {problem}")
+            self.send({"type": "unhealthy", "reason": problem})
+        self.unhealthy = problem
+
+    def _check_space(self) -> str | None:
+        """Purge the scratch file systems at half full; the one still over 90% full, if any."""
+        for root in (self.workroot, "/tmp", "/dev/shm"):
+            if _fullness(root) < 0.5:
                 continue
-            if stats.f_blocks == 0 or stats.f_bavail >= stats.f_blocks // 2:
-                continue
-            live = {os.path.basename(p.workdir) for p in self.procs.values()}
+            live = {p.workdir for p in self.procs.values()} | {self.workroot}
             for entry in os.listdir(root):
                 path = os.path.join(root, entry)
-                if path == self.workroot:
-                    for inner in os.listdir(path):
-                        if inner not in live:
-                            self._remove(os.path.join(path, inner))
-                else:
+                if path not in live:
                     self._remove(path)
+            if _fullness(root) > 0.9:
+                return f"{root} is full"
+        return None
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -1775,7 +1849,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workroot", default=None, help="where per-execution working directories go")
     parser.add_argument("--preload", default=DEFAULT_PRELOAD, help="modules imported once, when installed")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True, help="exercise sympy once")
-    parser.add_argument("--purge-tmp", action="store_true", help="container: purge /tmp when it is half full")
+    parser.add_argument(
+        "--purge-tmp", action="store_true", help="container: purge the scratch file systems when half full"
+    )
+    parser.add_argument(
+        "--confine", action="store_true", help="Landlock file rules: a block writes only its own directory"
+    )
     parser.add_argument(
         "--linger", type=float, default=0.005, help="seconds between a result and the housekeeping it causes"
     )

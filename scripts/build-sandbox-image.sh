@@ -7,7 +7,7 @@
 # 2. `docker build` the Dockerfile on it (--build-arg BASE_IMAGE=<that base>, --network=none).
 #
 # Idempotent: the base is tagged by a hash of its package list and bootstrap options, the image by
-# a hash of everything that goes into it (sandbox/image/*, runner.py, program.py, the base); when
+# a hash of everything that goes into it (sandbox/image/*, runner.py, program.py, confine.py, the base); when
 # that tag exists nothing is rebuilt, and $IMAGE:latest is pointed at it.
 #
 # Environment:
@@ -76,7 +76,7 @@ else
 fi
 
 base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || echo "$BASE_IMAGE")
-inputs_hash=$( { echo "$base_id"; cat sandbox/image/* sandbox/runner.py sandbox/program.py; } \
+inputs_hash=$( { echo "$base_id"; cat sandbox/image/* sandbox/runner.py sandbox/program.py sandbox/confine.py; } \
     | sha256sum | cut -c1-12)
 TAG="$IMAGE:$inputs_hash"
 if docker image inspect "$TAG" >/dev/null 2>&1; then
@@ -93,7 +93,7 @@ context=$(mktemp -d /tmp/sctir-sandbox-context.XXXXXX)
 trap 'rm -rf "$context"' EXIT
 mkdir -p "$context/sandbox/image"
 cp sandbox/image/* "$context/sandbox/image/"
-cp sandbox/runner.py sandbox/program.py "$context/sandbox/"
+cp sandbox/runner.py sandbox/program.py sandbox/confine.py "$context/sandbox/"
 if ! output=$(DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --network="$network" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --label "sctir.sandbox.inputs=$inputs_hash" \
     -f "$context/sandbox/image/Dockerfile" -t "$TAG" -t "$IMAGE:latest" "$context" 2>&1); then

@@ -30,7 +30,15 @@ if ! command -v dockerd >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq docker.io >/dev/null
-    apt-get install -y -qq runsc >/dev/null || echo "runsc (gVisor) not installable; the runsc runtime stays unavailable"
+fi
+# gVisor: the tenant-isolation suite runs under runsc too. Installed even where dockerd came with the
+# machine (then docker.io above was skipped).
+if ! command -v runsc >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing Debian's runsc (gVisor)..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq runsc >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq runsc >/dev/null; } \
+        || echo "runsc (gVisor) not installable; the runsc runtime stays unavailable"
 fi
 
 args=(--host=unix:///var/run/docker.sock --pidfile="$DOCKERD_PIDFILE")

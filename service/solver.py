@@ -239,7 +239,7 @@ class Solver:
         tasks = [asyncio.create_task(run(c), name=f"{request_id}-{c.index}") for c in candidates]
         all_done = asyncio.gather(*tasks)
         decided_wait = asyncio.create_task(decided.wait())
-        try:
+        try:  # the request is the sandbox's tenant: its code never meets another request's
             done, _ = await asyncio.wait(
                 {all_done, decided_wait}, timeout=config.deadline_s, return_when=asyncio.FIRST_COMPLETED
             )
@@ -249,6 +249,7 @@ class Solver:
             all_done.cancel()  # cancels the candidates still running
             decided_wait.cancel()
             await asyncio.gather(all_done, decided_wait, return_exceptions=True)
+            await self._release(request_id)
 
         if stopped_early or deadline_hit:
             log.info(
@@ -278,7 +279,7 @@ class Solver:
                     await self.executor.close_session(session_id)  # a restart forgets the state
                 if action is Action.EXECUTE:
                     code = last_code_block(candidate.text) or ""
-                    feedback = await self._execute(candidate, code, session_id)
+                    feedback = await self._execute(candidate, code, session_id, tenant=request_id)
                     if feedback is None:
                         return
                     candidate.after_execution(feedback, config)
@@ -304,11 +305,18 @@ class Solver:
         candidate.completion_tokens += result.completion_tokens
         return None if result.finish_reason == "abort" else result.text
 
-    async def _execute(self, candidate: Candidate, code: str, session_id: str | None) -> str | None:
+    async def _release(self, request_id: str) -> None:
+        """End the request's tenancy of the sandbox (an executor fault here is logged, not the client's)."""
+        try:
+            await self.executor.release(request_id)
+        except Exception:
+            log.exception("executor release failed")
+
+    async def _execute(self, candidate: Candidate, code: str, session_id: str | None, tenant: str) -> str | None:
         """Run a block; the feedback text, or None when the executor itself failed."""
         started = time.monotonic()
         try:
-            result = await self.executor.execute(code, session_id=session_id)
+            result = await self.executor.execute(code, session_id=session_id, tenant=tenant)
         except Exception as error:  # an executor fault is the candidate's, not the request's
             log.exception("executor failed")
             candidate.finish(CandidateStatus.FAILED, f"executor: {error}")

@@ -490,7 +490,7 @@ async def test_session_with_a_missing_interpreter_is_a_result() -> None:
     await ex.close()
 
 
-@pytest.mark.parametrize("module", ["runner", "program"])
+@pytest.mark.parametrize("module", ["runner", "program", "confine"])
 def test_what_runs_in_the_sandbox_is_stdlib_only(module: str) -> None:
     import ast
 
@@ -501,7 +501,7 @@ def test_what_runs_in_the_sandbox_is_stdlib_only(module: str) -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "program"}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "program", "confine"}
 
 
 # -- the runner underneath (sandbox/runner.py) ----------------------------------------

@@ -38,11 +38,14 @@ class BlindExecutor:
     async def ready(self) -> bool:
         return True
 
-    async def execute(self, code: str, session_id: str | None = None) -> ExecutionResult:
+    async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None) -> ExecutionResult:
         self.blocks.append(code)
         return ExecutionResult(status=ExecutionStatus.OK, stdout="", error="", duration_s=0.0)
 
     async def close_session(self, session_id: str) -> None:
+        return None
+
+    async def release(self, tenant: str) -> None:
         return None
 
     async def close(self) -> None:
