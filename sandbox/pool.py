@@ -371,6 +371,7 @@ class DockerBackend(Backend):
         self.client = client
         self.runner_args = list(runner_args or [])
         self.created: set[str] = set()
+        self.closing = False  # set by cleanup(): a container created after it removes itself
 
     def _client(self):
         if self.client is None:
@@ -392,6 +393,7 @@ class DockerBackend(Backend):
     def _prepare(self) -> None:
         import docker.errors
 
+        self.closing = False
         client = self._client()
         try:
             client.images.get(self.image)
@@ -481,6 +483,9 @@ class DockerBackend(Backend):
         )
         container = client.containers.get(created["Id"])
         self.created.add(container.id)
+        if self.closing:  # cleanup() ran while this thread was creating it (its task was cancelled)
+            self._remove(container)
+            raise SandboxUnavailable("the pool is closed")
         try:
             sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         except Exception:
@@ -521,6 +526,7 @@ class DockerBackend(Backend):
         await asyncio.to_thread(self._remove, handle["container"])
 
     async def cleanup(self) -> None:
+        self.closing = True
         if not self.created or self.client is None:
             return
 
@@ -653,6 +659,7 @@ class SandboxPool:
             "capacity": len(live) * self.concurrency,
             "sessions": len(self._session_slot),
             "leased": len(self._tenant_slot),
+            "idle": len(self._idle()),
             **self.counters,
         }
 

@@ -1800,7 +1800,8 @@ class Hub:
         for root in (self.workroot, "/tmp", "/dev/shm"):
             if _fullness(root) < 0.5:
                 continue
-            live = {p.workdir for p in self.procs.values()} | {self.workroot}
+            # A block whose result is out only lingers to exit: its directory goes now.
+            live = {p.workdir for p in self.procs.values() if p.run is None or p.run.final is None}
             for entry in os.listdir(root):
                 path = os.path.join(root, entry)
                 if path not in live:

@@ -75,6 +75,7 @@ def make_executor(settings: Settings) -> Executor:
                 pool_name=settings.sandbox_pool_name,
                 environment={k: os.environ[k] for k in settings.sandbox_env_passthrough if k in os.environ},
                 start_timeout_s=settings.sandbox_start_timeout_s,
+                max_containers=settings.sandbox_max_containers,
             )
         case ExecutorKind.LOCAL:
             log.warning(

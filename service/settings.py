@@ -135,7 +135,12 @@ class Settings(BaseSettings):
     sandbox_image: str = Field(
         "sctir-sandbox:latest", description="sandbox: the image of the sandbox containers (sandbox/image/)."
     )
-    sandbox_pool_size: int = Field(2, ge=1, description="sandbox: warm containers in the pool.")
+    sandbox_pool_size: int = Field(
+        2, ge=1, description="sandbox: warm containers kept ready; each /solve request leases one of its own."
+    )
+    sandbox_max_containers: int = Field(
+        8, ge=2, description="sandbox: containers at most (leased and warm); a request beyond waits for one."
+    )
     sandbox_container_concurrency: int = Field(
         4, ge=1, description="sandbox: code blocks run at once in one container (as many are forked ahead)."
     )

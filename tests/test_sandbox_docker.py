@@ -230,7 +230,9 @@ async def test_no_outbound_network(pool: DockerExecutor) -> None:
         )
         result = await pool.execute(code)
         assert result.status is ExecutionStatus.OK, result
-        assert result.stdout == "['ConnectionRefusedError']\n0\n"  # its own loopback, not the host's
+        # its own loopback, not the host's; or, where Landlock has TCP rules (ABI 4), no connect() at all
+        expected = "PermissionError" if pool.slots[0].hello.get("landlock_abi", 0) >= 4 else "ConnectionRefusedError"
+        assert result.stdout == f"['{expected}']\n0\n"
     finally:
         listener.close()
     await healthy(pool)
@@ -257,11 +259,11 @@ async def test_cannot_write_outside_tmp(pool: DockerExecutor, target: str) -> No
     await healthy(pool)
 
 
-async def test_filling_tmp_is_bounded_and_cleaned(pool: DockerExecutor) -> None:
-    code = "with open('/tmp/fill', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 2**20)"
-    result = await pool.execute(code)
+async def test_filling_the_scratch_space_is_bounded_and_cleaned(pool: DockerExecutor) -> None:
+    code = "with open('fill', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 2**20)"
+    result = await pool.execute(code)  # in its own directory: the one place a block can write
     assert result.status is ExecutionStatus.ERROR and "No space left on device" in result.error, result
-    # The next blocks still have room (the runner purges /tmp once it is half full).
+    # The next blocks still have room (a block's directory goes with it; the runner purges at half full).
     write = "open('scratch', 'wb').write(b'y' * 8 * 2**20)"
     results = await asyncio.gather(*(pool.execute(write) for _ in range(2)))
     assert all(r.status is ExecutionStatus.OK for r in results), results
@@ -298,12 +300,11 @@ async def test_fork_bomb(pool: DockerExecutor, code: str) -> None:
     result = await pool.execute(code)
     assert result.status in (ExecutionStatus.TIMEOUT, ExecutionStatus.KILLED, ExecutionStatus.ERROR), result
     await healthy(pool)
-    # Nothing of it is left: every container holds just its runner, zygote and spares.
+    # Nothing of it is left: every container holds just its runner, zygote and spares (counted by the engine).
     await asyncio.sleep(1.0)
-    pongs = [await slot.conn.call({"op": "ping"}, 5) for slot in pool.slots]
-    code = "import os\nlen([p for p in os.listdir('/proc') if p.isdigit()])"
-    for _ in range(pool.size * 2):
-        count = int((await pool.execute(code)).stdout)
+    pongs = [await slot.conn.call({"op": "ping"}, 5) for slot in pool._live()]
+    for slot in pool._live():
+        count = len(slot.handle["container"].top()["Processes"])
         assert count <= 2 + pool.concurrency + 4, (count, pongs)
 
 
@@ -352,7 +353,7 @@ async def test_host_environment_and_files_are_out_of_reach(pool: DockerExecutor)
     assert lines[1:] == [
         "/work FileNotFoundError",
         "/root PermissionError",
-        "/home []",
+        "/home PermissionError" if pool.slots[0].hello.get("confined_files") else "/home []",
         "/var/run/docker.sock FileNotFoundError",
         "/run/docker.sock FileNotFoundError",
         "/etc/shadow PermissionError",
@@ -363,8 +364,8 @@ async def test_host_environment_and_files_are_out_of_reach(pool: DockerExecutor)
 async def test_proc_1_environ_and_other_processes_are_closed(pool: DockerExecutor) -> None:
     code = (
         "import os\n"
-        "me = str(os.getpid())\n"
-        "for pid in sorted((p for p in os.listdir('/proc') if p.isdigit() and p != me), key=int):\n"
+        "me = os.getpid()\n"
+        "for pid in (p for p in range(1, 400) if p != me and os.path.exists(f'/proc/{p}')):\n"  # none listed: probed
         "    for name in ('environ', 'mem', 'fd'):\n"
         "        try:\n"
         "            path = f'/proc/{pid}/{name}'\n"
@@ -386,8 +387,8 @@ async def test_proc_1_environ_and_other_processes_are_closed(pool: DockerExecuto
 async def test_a_shell_gains_nothing(pool: DockerExecutor) -> None:
     code = (
         "import subprocess\n"
-        "script = 'id -u; grep CapEff /proc/self/status; echo pwned > /etc/pwned; echo pwned > /opt/sctir/x; "
-        "su -c id root </dev/null; exit 0'\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+        "script = 'id -u; echo pwned > /etc/pwned; echo pwned > /opt/sctir/x; su -c id root </dev/null; exit 0'\n"
         "r = subprocess.run(['/bin/sh', '-c', script], capture_output=True, text=True, timeout=5)\n"
         "print(r.stdout)\n"
         "print(r.stderr)"
@@ -395,7 +396,7 @@ async def test_a_shell_gains_nothing(pool: DockerExecutor) -> None:
     result = await pool.execute(code)
     assert result.status is ExecutionStatus.OK, result
     out = result.stdout
-    assert out.startswith("10001\nCapEff:\t0000000000000000\n"), out
+    assert out.startswith("0000000000000000\n10001\n"), out
     assert out.count("Read-only file system") == 2, out
     assert "uid=0" not in out
     # An interactive shell in place of the block: stdin is /dev/null, so it ends at once.
@@ -485,7 +486,7 @@ async def test_one_candidate_cannot_read_another(pool: DockerExecutor) -> None:
             "            found.append('own-memory')\n"
             "me = os.getpid()\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "for p in (int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != me):\n"
+            "for p in (p for p in range(1, 400) if p != me and os.path.exists(f'/proc/{p}')):\n"
             "    for path in (f'/proc/{p}/mem', f'/proc/{p}/environ'):\n"
             "        try:\n"
             "            open(path, 'rb').read(1)\n"
@@ -537,7 +538,7 @@ async def test_a_dead_container_is_an_error_result_and_is_replaced() -> None:
         await healthy(ex)
         assert ex.stats()["replaced"] == 1
         after = containers_of(ex.backend.pool_name)
-        assert len(after) == 1 and after[0].id != before[0].id  # the dead one is removed
+        assert before[0].id not in {c.id for c in after}  # the dead one is removed
         lost = await ex.execute("'kept' in globals()", session_id="s")
         assert lost.stdout == "False\n"  # a session's state dies with its container
     finally:

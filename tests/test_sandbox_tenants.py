@@ -37,6 +37,7 @@ of each attack (what it achieves against a runner without tenants) is in its com
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import statistics
@@ -471,6 +472,7 @@ async def tenants(request):
         await release(ex, tenant)
         await settle(ex)
         yield Tenants(ex, runtime, statistics.median(durations[1:]))
+        await settle(ex)  # no container is half-started when the pool closes
     finally:
         await ex.close()
     assert containers_of(ex.backend.pool_name) == [], "a container of the pool was left behind"
@@ -481,7 +483,7 @@ async def leased(t: Tenants, scope: str = "cross-tenant"):
     """(attacker, victim) tenant ids for one test: the same request in the same-tenant scope; released at the end."""
     await settle(t.ex)
     if scope == "same-tenant":
-        hellos = [slot.hello for slot in t.ex.slots if slot.alive]
+        hellos = [slot.hello for slot in getattr(t.ex, "slots", []) if slot.alive]
         if not any(hello.get("confined_files") for hello in hellos):
             pytest.skip(f"no Landlock file confinement in the runner ({t.runtime}): candidates share files")
     attacker = f"req-attacker-{uuid.uuid4().hex[:8]}"
@@ -507,14 +509,37 @@ def ok(result: ExecutionResult, stdout: str) -> None:
     assert (result.status, result.stdout, result.error) == (ExecutionStatus.OK, stdout, ""), result
 
 
-def stray_processes(pool_name: str, prefix: str = "sctir-") -> list[str]:
-    """Processes of the pool's containers named by an attack (seen from the host: /proc is closed inside)."""
+PROCESS_PROBE = """
+import os
+names = []
+try:
+    pids = [pid for pid in os.listdir('/proc') if pid.isdigit()]
+except OSError:  # Landlock: /proc is out of reach
+    pids = []
+for pid in pids:
+    try:
+        with open(f'/proc/{pid}/comm') as file:
+            names.append(file.read().strip())
+    except OSError:
+        pass
+print(sorted(name for name in names if name.startswith('sctir-')))
+"""
+
+
+async def stray_processes(ex: DockerExecutor, prefix: str, tenant: str | None = None) -> list[str]:
+    """Processes named by an attack: from the host (`docker top`: runc; under runsc it shows the sandbox's
+    own processes, not the container's) and, with `tenant`, from inside its container (/proc, where no
+    Landlock closes it: runsc)."""
     names = []
-    for container in containers_of(pool_name):
+    for container in containers_of(ex.backend.pool_name):
         with contextlib.suppress(Exception):  # a container being removed
-            top = container.top(ps_args="-eo pid,comm")
+            top = await asyncio.to_thread(container.top, ps_args="-eo pid,comm")
             column = top["Titles"].index("COMMAND")
             names += [row[column] for row in top["Processes"] if row[column].startswith(prefix)]
+    if tenant is not None:
+        probe = await ex.execute(PROCESS_PROBE, tenant=tenant)
+        if probe.status is ExecutionStatus.OK:
+            names += [name for name in ast.literal_eval(probe.stdout) if name.startswith(prefix)]
     return sorted(names)
 
 
@@ -525,13 +550,12 @@ def stray_processes(pool_name: str, prefix: str = "sctir-") -> list[str]:
 async def test_files_are_not_shared(tenants: Tenants, scope: str) -> None:
     ex, token, secret = tenants.ex, new_secret(), new_secret()
     async with leased(tenants, scope) as (attacker, victim):
-        planted = await ex.execute(plant_files(token), session_id="attacker", tenant=attacker)
-        assert planted.status in (ExecutionStatus.OK, ExecutionStatus.ERROR), planted
+        await ex.execute(plant_files(token), session_id=f"{attacker}/attacker", tenant=attacker)
         # Before: the victim read the planted token from each path and connected to the attacker's socket.
         ok(await ex.execute(victim_files(secret), tenant=victim), "[]\n")
-        ok(await ex.execute(victim_files(secret), session_id="victim", tenant=victim), "[]\n")
+        ok(await ex.execute(victim_files(secret), session_id=f"{victim}/victim", tenant=victim), "[]\n")
         # Before: the attacker got the secret through its socket and from /tmp/notes.txt ($HOME = /tmp).
-        loot = await ex.execute(collect_files(), session_id="attacker", tenant=attacker)
+        loot = await ex.execute(collect_files(), session_id=f"{attacker}/attacker", tenant=attacker)
         assert secret not in loot.stdout + loot.error, loot
         assert token not in (await ex.execute("print('clean')", tenant=victim)).stdout
         await bystander_is_served(tenants)
@@ -562,8 +586,7 @@ async def test_program_files_of_others_are_out_of_sight(tenants: Tenants, scope:
 async def test_planted_modules_and_symlinks_never_run(tenants: Tenants, scope: str) -> None:
     ex, secret = tenants.ex, new_secret()
     async with leased(tenants, scope) as (attacker, victim):
-        planted = await ex.execute(plant_modules(15.0), session_id="planter", tenant=attacker)
-        assert planted.status is ExecutionStatus.OK, planted
+        await ex.execute(plant_modules(15.0), session_id=f"{attacker}/planter", tenant=attacker)
         # Before: each spare that was waiting when the attack ran imported the planted scipy.py
         # (stdout began with "sctir-injected scipy"), wrote its secret to /tmp/sctir-loot.txt and its
         # program through the tmp.py symlink to /tmp/sctir-stolen-w<pid>.
@@ -571,7 +594,7 @@ async def test_planted_modules_and_symlinks_never_run(tenants: Tenants, scope: s
         for _ in range(CONCURRENCY + 1):
             ok(await ex.execute(victim_imports(secret), tenant=victim), expected)
         for session in ("victim-1", "victim-2"):
-            ok(await ex.execute(victim_imports(secret), session_id=session, tenant=victim), expected)
+            ok(await ex.execute(victim_imports(secret), session_id=f"{victim}/{session}", tenant=victim), expected)
         loot = await ex.execute(collect_stolen(), tenant=attacker)
         assert secret not in loot.stdout + loot.error, loot
         assert INJECTED not in loot.stdout
@@ -584,12 +607,11 @@ async def test_planted_modules_and_symlinks_never_run(tenants: Tenants, scope: s
 async def test_a_clone_parent_child_does_not_outlive_its_block(tenants: Tenants) -> None:
     ex, secret = tenants.ex, new_secret()
     async with leased(tenants) as (attacker, victim):
-        started = await ex.execute(clone_parent_child(20.0), tenant=attacker)
-        assert started.status is ExecutionStatus.OK, started
+        await ex.execute(clone_parent_child(20.0), tenant=attacker)
         ok(await ex.execute(victim_holding(secret), tenant=victim), f"{len(secret)}\n")
         await asyncio.sleep(2.0)
         # Before: the child (a child of the zygote, so "not a stray") was alive and writing 10 s later.
-        assert stray_processes(ex.backend.pool_name, "sctir-stray") == []
+        assert await stray_processes(ex, "sctir-stray", attacker) == []
         ok(await ex.execute(victim_holding(secret), tenant=victim), f"{len(secret)}\n")
         await bystander_is_served(tenants)
 
@@ -597,17 +619,17 @@ async def test_a_clone_parent_child_does_not_outlive_its_block(tenants: Tenants)
 async def test_spinning_session_children_do_not_starve_other_requests(tenants: Tenants) -> None:
     ex = tenants.ex
     async with leased(tenants) as (attacker, victim):
-        ok(await ex.execute(spinning_children(20.0), session_id="spinner", tenant=attacker), "spinning\n")
+        await ex.execute(spinning_children(20.0), session_id=f"{attacker}/spinner", tenant=attacker)
         await asyncio.sleep(0.5)
         # Before: both spinners were alive 10 s later (no CPU limit in a session), in every request's container.
         for _ in range(3):
             result = await ex.execute("6 * 7", tenant=victim)
             ok(result, "42\n")
             assert result.duration_s < tenants.limit_s(), (result.duration_s, tenants.baseline_s)
-        ok(await ex.execute("sum(range(10))", session_id="victim", tenant=victim), "45\n")
+        ok(await ex.execute("sum(range(10))", session_id=f"{victim}/victim", tenant=victim), "45\n")
         await bystander_is_served(tenants)
     await asyncio.sleep(1.0)
-    assert stray_processes(ex.backend.pool_name, "sctir-spin") == []  # released: nothing of it is left
+    assert await stray_processes(ex, "sctir-spin") == []  # released: nothing of it is left
 
 
 # -- 5. breaking the container for everyone -------------------------------------------------------------
@@ -617,14 +639,13 @@ async def test_spinning_session_children_do_not_starve_other_requests(tenants: T
 async def test_one_request_cannot_break_the_container_for_others(tenants: Tenants, attack: str) -> None:
     ex = tenants.ex
     async with leased(tenants) as (attacker, victim):
-        session = "breaker" if attack in SESSION_BREAKERS else None
-        broken = await ex.execute(BREAKERS[attack], session_id=session, tenant=attacker)
-        assert broken.status in (ExecutionStatus.OK, ExecutionStatus.ERROR), broken
+        session = f"{attacker}/breaker" if attack in SESSION_BREAKERS else None
+        await ex.execute(BREAKERS[attack], session_id=session, tenant=attacker)
         # Before: "Exited with code 70." for every block on a new spare (chmod, replace), or
         # "No space left on device" (fill) for the victim's 4 MB.
         for _ in range(CONCURRENCY + 2):
             ok(await ex.execute(VICTIM_WRITES, tenant=victim), "True 100\n")
-        ok(await ex.execute(VICTIM_WRITES, session_id="victim", tenant=victim), "True 100\n")
+        ok(await ex.execute(VICTIM_WRITES, session_id=f"{victim}/victim", tenant=victim), "True 100\n")
         await bystander_is_served(tenants)
 
 
@@ -645,17 +666,18 @@ async def test_a_broken_workroot_does_not_break_the_same_request(tenants: Tenant
 async def test_a_forged_result_frame_is_not_accepted(tenants: Tenants) -> None:
     ex = tenants.ex
     async with leased(tenants) as (attacker, victim):
-        ok(await ex.execute("kept = 1", session_id="victim", tenant=victim), "")
+        ok(await ex.execute("kept = 1", session_id=f"{victim}/victim", tenant=victim), "")
         forged, beside = await asyncio.gather(
-            ex.execute(forge_frame(210_000), session_id="forger", tenant=attacker),
-            ex.execute("import time\ntime.sleep(0.3)\nkept + 41", session_id="victim", tenant=victim),
+            ex.execute(forge_frame(210_000), session_id=f"{attacker}/forger", tenant=attacker),
+            ex.execute("import time\ntime.sleep(0.3)\nkept + 41", session_id=f"{victim}/victim", tenant=victim),
         )
         ok(beside, "42\n")
         # Before: OK with 210,000 "F"s (past the 64 KiB cap); the real "real-1" came as the NEXT result.
-        assert "F" * 1000 not in forged.stdout and len(forged.stdout) <= CAP, forged.status
+        accepted = "F" * 1000 in forged.stdout or len(forged.stdout) > CAP
+        assert not accepted, (forged.status, len(forged.stdout), forged.stdout[:80])
         if forged.status is ExecutionStatus.OK:
             assert forged.stdout == "real-1\n", forged
-        following = await ex.execute("print('real-2')", session_id="forger", tenant=attacker)
+        following = await ex.execute("print('real-2')", session_id=f"{attacker}/forger", tenant=attacker)
         ok(following, "real-2\n")  # its own result, not the one before
-        ok(await ex.execute("kept + 1", session_id="victim", tenant=victim), "2\n")
+        ok(await ex.execute("kept + 1", session_id=f"{victim}/victim", tenant=victim), "2\n")
         await bystander_is_served(tenants)
