@@ -47,6 +47,7 @@ HEADER = struct.Struct(">I")
 LABEL = "sctir.sandbox"
 LABEL_POOL = "sctir.sandbox.pool"
 LABEL_OWNER = "sctir.sandbox.owner"
+GVISOR_MIN_PIDS = 1024
 WORKROOT = "/run/sctir"  # the runner's per-execution directories, in a container: a tmpfs of its own
 RESET_NOTE = "The session state was reset."
 
@@ -342,6 +343,13 @@ class DockerLimits:
     shm_size: str = "16m"
     nofile: int = 1024
 
+    @property
+    def host_pids(self) -> int:
+        """The cgroup's pids limit. Under gVisor it counts the sandbox kernel's own host threads (the
+        sandboxed processes are its tasks, bound by the memory limit): below ~1024 the kernel itself
+        fails to start threads under load and the container dies."""
+        return max(self.pids, GVISOR_MIN_PIDS) if self.runtime == "runsc" else self.pids
+
 
 class DockerBackend(Backend):
     """Runners in hardened containers of the sandbox image, over the Docker SDK.
@@ -453,7 +461,7 @@ class DockerBackend(Backend):
             },
             mem_limit=limits.memory,
             memswap_limit=limits.memory,
-            pids_limit=limits.pids,
+            pids_limit=limits.host_pids,
             nano_cpus=int(limits.cpus * 1e9),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
