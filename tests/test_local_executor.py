@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -563,3 +564,31 @@ async def test_user_code_cannot_forge_the_result(executor: LocalExecutor) -> Non
     # Its own result pipe it may lie on, about itself only; the runner and the other blocks are unharmed.
     assert result.status in (ExecutionStatus.OK, ExecutionStatus.ERROR, ExecutionStatus.KILLED)
     assert (await executor.execute("6 * 7")).stdout == "42\n"
+
+
+# -- the runner keeps itself fit (a block owns its user's files: here nothing confines them) --------------
+
+
+async def test_a_chmod_of_the_work_root_is_repaired_after_the_block(executor: LocalExecutor) -> None:
+    attack = "import os\nroot = os.path.dirname(os.getcwd())\nos.chmod(root, 0)\noct(os.stat(root).st_mode & 0o777)"
+    assert (await executor.execute(attack)).stdout == "0o0\n"
+    # Every spare makes its directory in the work root: without the repair, "Exited with code 70." from here on.
+    results = await asyncio.gather(*(executor.execute(f"{i} * 2") for i in range(6)))
+    assert [r.stdout for r in results] == [f"{i * 2}\n" for i in range(6)], results
+    assert executor.stats()["replaced"] == 0
+
+
+async def test_a_runner_whose_work_root_is_gone_is_replaced(executor: LocalExecutor) -> None:
+    assert (await executor.execute("1")).stdout == "1\n"
+    first = executor.slots[0].name
+    attack = "import os\nroot = os.path.dirname(os.getcwd())\nos.rename(root, root + '-moved')\nprint(root)"
+    moved = (await executor.execute(attack)).stdout.strip() + "-moved"
+    shutil.rmtree(moved)
+    for _ in range(100):  # the runner says it is unhealthy; the pool replaces it in the background
+        if executor.stats()["replaced"]:
+            break
+        await asyncio.sleep(0.05)
+    assert executor.stats()["replaced"] == 1
+    results = await asyncio.gather(*(executor.execute(f"{i} + 1") for i in range(4)))
+    assert [r.stdout for r in results] == [f"{i + 1}\n" for i in range(4)], results
+    assert [slot.name for slot in executor._live()] != [first]
