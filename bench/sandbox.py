@@ -106,8 +106,12 @@ async def run_blocks(
     concurrency: int,
     progress=None,
     pause_s: float = 0.0,
+    before: Callable[[int], Awaitable[None]] | None = None,
 ) -> Run:
-    """Run `blocks` with at most `concurrency` in flight (each worker pausing `pause_s` between two)."""
+    """Run `blocks` with at most `concurrency` in flight (each worker pausing `pause_s` between two).
+
+    `before(index)`, if given, is awaited before block `index` starts, outside its latency.
+    """
     latencies = [0.0] * len(blocks)
     results: list[ExecutionResult | None] = [None] * len(blocks)
     next_index = 0
@@ -119,6 +123,8 @@ async def run_blocks(
             next_index += 1
             if pause_s and index >= concurrency:
                 await asyncio.sleep(pause_s)
+            if before is not None:
+                await before(index)
             started = time.perf_counter()
             results[index] = await execute(blocks[index].code)
             latencies[index] = time.perf_counter() - started
@@ -179,29 +185,87 @@ class LlmSandboxExecutor:
             await asyncio.to_thread(session.close)
 
 
-async def make_executor(name: str, args: argparse.Namespace):
-    if name == "pool":
-        from sandbox.pool import DockerExecutor, DockerLimits
+Execute = Callable[[str], Awaitable[ExecutionResult]]
+# the row's name, concurrency, pause between blocks, how a block runs, what to await before one (untimed)
+Mode = tuple[str, int, float, Execute, Callable[[int], Awaitable[None]] | None]
 
-        executor = DockerExecutor(
-            image=args.image,
-            size=args.pool_size,
-            concurrency=args.container_concurrency,
-            timeout_s=args.timeout,
-            limits=DockerLimits(cpus=args.cpus),
-            pool_name="sctir-bench",
-        )
+
+def make_pool(args: argparse.Namespace, confine: bool = True):
+    from sandbox.pool import DockerExecutor, DockerLimits
+
+    return DockerExecutor(
+        image=args.image,
+        size=args.pool_size,
+        concurrency=args.container_concurrency,
+        timeout_s=args.timeout,
+        limits=DockerLimits(cpus=args.cpus),
+        pool_name="sctir-bench",
+        confine=confine,
+    )
+
+
+class RequestAfterRequest:
+    """Blocks as requests bring them (one at a time): a new tenant every `every` blocks, the last one released.
+
+    Between two requests (untimed, in `before`) the pool is let warm up again, as it does while a
+    real request generates for seconds between its blocks: a request's first block runs on the
+    container it has just leased.
+    """
+
+    def __init__(self, executor, every: int) -> None:
+        self.executor, self.every, self.request = executor, every, 0
+
+    async def before(self, index: int) -> None:
+        if index and index % self.every == 0:
+            await self.executor.release(f"bench-{self.request}")  # the solver does this as a request ends
+            self.request += 1
+            await self.executor.warmed()
+
+    async def execute(self, code: str) -> ExecutionResult:
+        return await self.executor.execute(code, tenant=f"bench-{self.request}")
+
+
+Close = Callable[[], Awaitable[None]]
+
+
+async def make_executor(name: str, args: argparse.Namespace) -> tuple[list[Mode], Close, object]:
+    """The modes to run `name` in, how to close it, and the pool (None for the other executors)."""
+    if name in ("pool", "pool-unconfined"):
+        executor = make_pool(args, confine=name == "pool")
         await executor.start()
-        return executor.execute, executor.close
+        if name == "pool-unconfined":  # the baseline of what the per-execution confinement costs
+            return [(name, 1, 0.0, executor.execute, None)], executor.close, executor
+        modes: list[Mode] = [(name, 1, 0.0, executor.execute, None)]
+        if args.pace_ms:  # blocks as they come from a generating model
+            modes.append((f"{name} ({args.pace_ms:g} ms apart)", 1, args.pace_ms / 1e3, executor.execute, None))
+        modes.append((name, args.concurrency, 0.0, executor.execute, None))
+        every = args.request_blocks
+        requests = RequestAfterRequest(executor, every)
+        modes.append((f"{name} (a request per {every} blocks)", 1, 0.0, requests.execute, requests.before))
+        return modes, executor.close, executor
     if name == "seed":
         from bench.seed_executor import SeedExecutor
 
         executor = SeedExecutor(timeout_s=args.timeout, concurrency=args.concurrency)
-        return executor.execute, executor.close
-    if name == "llm-sandbox":
+    elif name == "llm-sandbox":
         executor = await asyncio.to_thread(LlmSandboxExecutor, args.image, args.concurrency, args.timeout)
-        return executor.execute, executor.close
-    raise ValueError(name)
+    else:
+        raise ValueError(name)
+    modes = [(name, 1, 0.0, executor.execute, None), (name, args.concurrency, 0.0, executor.execute, None)]
+    return modes, executor.close, None
+
+
+async def container_start_s(args: argparse.Namespace, times: int = 3) -> float:
+    """Median seconds from creating a sandbox container to its runner's hello (what a request's lease sets off)."""
+    samples = []
+    for _ in range(times):
+        executor = make_pool(args)
+        executor.size = 1
+        started = time.perf_counter()
+        await executor.start()
+        samples.append(time.perf_counter() - started)
+        await executor.close()
+    return sorted(samples)[len(samples) // 2]
 
 
 # ---------------------------------------------------------------------------
@@ -232,18 +296,20 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         '"ms apart": one block at a time with a pause between them, as blocks arrive from a model that '
         "generates between executions (the executions/s of that row include the pauses). "
         "Pool: " + pool_note + ". "
-        "In a closed loop, consecutive blocks alternate between the containers, and every execution still costs "
-        "~4 ms of CPU in its container (the cgroup's counter; ~1 ms of it on the critical path, the rest the fork "
-        "of the ~58 MB zygote, about half of whose heap stays on 2 MiB pages, the new process's set-up (~500 "
-        "copy-on-write page faults) and its exit, nearly all of it the kernel's page-table and copy-on-write "
-        "work), so on 2 cores the closed loop is CPU-bound: its p50 and p95 include waiting behind that work "
-        "(and behind whatever else runs on the machine); blocks that arrive with pauses see the paced row's "
-        "latency.",
+        "A request's blocks run in its own container (leased from the warm ones, destroyed when the request "
+        "ends): 'a request per N blocks' releases a request's container every N blocks, so its row includes "
+        "whatever the replacement's start (in the background) takes from the blocks running beside it; "
+        "'pool-unconfined' runs the runner without its per-execution Landlock file rules, the baseline of what "
+        "they cost per block. Every execution costs ~4 ms of CPU in its container (the fork of the ~58 MB "
+        "zygote, about half of whose heap stays on 2 MiB pages, the new process's set-up and confinement, ahead "
+        "of demand, and its exit), so on 2 cores the closed loop is CPU-bound: its p50 and p95 include waiting "
+        "behind that work (and behind whatever else runs on the machine); blocks that arrive with pauses see "
+        "the paced row's latency.",
     ]
     seed = {row["concurrency"]: row for row in rows if row["executor"] == "seed"}
     for row in rows:
         base = seed.get(row["concurrency"])
-        paced = "apart" in row["executor"]
+        paced = "apart" in row["executor"] or "request per" in row["executor"]  # waits in its wall time
         p50_ratio = _ratio(base["p50_ms"] / row["p50_ms"]) if base else "-"
         tput_ratio = _ratio(row["throughput"] / base["throughput"]) if base and not paced else "-"
         lines.append(
@@ -289,20 +355,19 @@ async def main(args: argparse.Namespace) -> int:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         for name in executors:
-            execute, close = await make_executor(name, args)
+            modes, close, pool = await make_executor(name, args)
             try:
-                await execute("1 + 1")  # warm: first connections, caches
-                modes = [(1, 0.0), (args.concurrency, 0.0)]
-                if name == "pool" and args.pace_ms:
-                    modes.insert(1, (1, args.pace_ms / 1e3))  # blocks as they come from a generating model
-                for concurrency, pause in modes:
-                    label = f"{name} @ {concurrency}" + (f", {pause * 1e3:g} ms apart" if pause else "")
-                    task = progress.add_task(label, total=len(blocks))
-                    run = await run_blocks(execute, blocks, concurrency, lambda t=task: progress.advance(t), pause)
+                await modes[0][3]("1 + 1")  # warm: first connections, caches
+                if name.startswith("pool"):
+                    await pool.warmed()  # that lease started a container: measure once it is up
+                for label, concurrency, pause, execute, before in modes:
+                    task = progress.add_task(f"{label} @ {concurrency}", total=len(blocks))
+                    advance = lambda t=task: progress.advance(t)  # noqa: E731
+                    run = await run_blocks(execute, blocks, concurrency, advance, pause, before)
                     matches = sum(outcome_matches(r, b.recorded) for r, b in zip(run.results, blocks))
                     rows.append(
                         {
-                            "executor": name + (f" ({pause * 1e3:g} ms apart)" if pause else ""),
+                            "executor": label,
                             "concurrency": concurrency,
                             "p50_ms": run.percentile(0.5) * 1e3,
                             "p95_ms": run.percentile(0.95) * 1e3,
@@ -328,9 +393,12 @@ async def main(args: argparse.Namespace) -> int:
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     command = "python -m bench.sandbox " + " ".join(sys.argv[1:])
     pool_note = (
-        f"{args.pool_size} containers x {args.container_concurrency} blocks at once, {args.cpus:g} CPU each, "
-        "network none, read-only root, all capabilities dropped, non-root"
+        f"{args.container_concurrency} blocks at once in a request's own container ({args.pool_size} kept warm), "
+        f"{args.cpus:g} CPU each, network none, read-only root, all capabilities dropped, non-root, each "
+        "execution in a Landlock domain of its own"
     )
+    if "pool" in executors:
+        pool_note += f"; a container starts (create to ready) in {await container_start_s(args):.2f} s"
     text = markdown_table(rows, command.strip(), len(blocks), machine, pool_note)
     if args.write:
         write_section(text)
@@ -345,10 +413,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, default=200, help="how many ToRA blocks (from the start of the file)")
     parser.add_argument("--concurrency", type=int, default=16, help="the second concurrency level")
     parser.add_argument(
-        "--executors", nargs="+", default=["pool", "seed", "llm-sandbox"], choices=["pool", "seed", "llm-sandbox"]
+        "--executors",
+        nargs="+",
+        default=["pool", "pool-unconfined", "seed", "llm-sandbox"],
+        choices=["pool", "pool-unconfined", "seed", "llm-sandbox"],
     )
     parser.add_argument("--image", default=os.environ.get("SCTIR_DOCKER_IMAGE", "sctir-sandbox:latest"))
-    parser.add_argument("--pool-size", type=int, default=2, help="containers in the pool")
+    parser.add_argument("--pool-size", type=int, default=2, help="warm containers kept ready")
+    parser.add_argument("--request-blocks", type=int, default=8, help="pool: blocks per request in the lease row")
     parser.add_argument("--container-concurrency", type=int, default=8, help="executions per container")
     parser.add_argument("--cpus", type=float, default=1.0, help="CPU limit of each pool container")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-execution timeout, seconds")

@@ -26,6 +26,7 @@ read-only paths) and applied in each spare (`enter`), before it takes a job.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import stat
 import sys
@@ -68,8 +69,11 @@ def _syscall():
 class Confinement:
     """The Landlock rules of an execution, prepared once; `enter(workdir)` applies them to this process.
 
-    `files=False` keeps only the scopes (signals, abstract sockets): the local executor, which
-    runs on a host whose files are the user's business, not the sandbox's.
+    Made in the zygote: the system paths are opened there once (O_PATH descriptors at FD_FLOOR
+    and up, which every spare inherits and closes once confined), so that a spare only adds
+    rules and restricts itself: ~25 system calls and few copy-on-write page faults, ahead of
+    demand. `files=False` keeps only the scopes (signals, abstract sockets): the local executor,
+    which runs on a host whose files are the user's business, not the sandbox's.
     """
 
     def __init__(self, files: bool) -> None:
@@ -80,14 +84,22 @@ class Confinement:
         fs = sum(bits for version, bits in FS_BY_ABI.items() if version <= self.abi) if self.files else 0
         self.attr = RulesetAttr(fs, NET_TCP if self.files and self.abi >= 4 else 0,
                                 SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if self.scoped else 0)  # fmt: skip
+        self.attr_ref = ctypes.byref(self.attr)
         self.attr_size = 24 if self.scoped else 16 if self.attr.handled_access_net else 8
         self.read = fs & (EXECUTE | READ_FILE | READ_DIR)
         self.everything = fs
         self.rule = PathBeneathAttr()
-        roots = {*READ_ONLY_ROOTS, sys.prefix, sys.base_prefix, sys.exec_prefix}
-        roots.update(path for path in sys.path if path.startswith(("/usr", "/opt", sys.prefix, sys.base_prefix)))
-        self.read_only = sorted(path for path in roots if os.path.exists(path))
-        self.devices = {path: mode for path, mode in DEVICES.items() if os.path.exists(path)}
+        self.rule_ref = ctypes.byref(self.rule)
+        self.fixed: list[tuple[int, int]] = []  # (O_PATH descriptor, access) of the system paths
+        if self.files:
+            roots = {*READ_ONLY_ROOTS, sys.prefix, sys.base_prefix, sys.exec_prefix}
+            roots.update(p for p in sys.path if p.startswith(("/usr", "/opt", sys.prefix, sys.base_prefix)))
+            paths = [(path, self.read) for path in sorted(roots)]
+            paths += [(path, self._device_access(mode)) for path, mode in DEVICES.items()]
+            for path, access in paths:
+                fd = _open_path(path)
+                if fd >= 0:
+                    self.fixed.append((fd, access if stat.S_ISDIR(os.fstat(fd).st_mode) else access & FILE_ONLY))
 
     @property
     def active(self) -> bool:
@@ -102,36 +114,41 @@ class Confinement:
         if not self.active:
             return True
         syscall = self.libc.syscall
-        ruleset = syscall(CREATE_RULESET, ctypes.byref(self.attr), self.attr_size, 0)
+        ruleset = syscall(CREATE_RULESET, self.attr_ref, self.attr_size, 0)
         if ruleset < 0:
             return False
+        own = [_open_path("/proc/self"), _open_path(workdir)]  # its own /proc/PID; its own directory
         try:
             if self.files:
-                rules = [(path, self.read) for path in self.read_only]
-                rules += [(path, self._device_access(mode)) for path, mode in self.devices.items()]
-                rules += [(f"/proc/{os.getpid()}", self.read), (workdir, self.everything)]
-                for path, access in rules:
-                    if not self._allow(ruleset, path, access) and path == workdir:
-                        return False  # a system path that is missing is no rule; the workdir must be one
+                if own[1] < 0:
+                    return False
+                for fd, access in (*self.fixed, (own[0], self.read), (own[1], self.everything)):
+                    self.rule.allowed_access, self.rule.parent_fd = access, fd
+                    if fd >= 0 and syscall(ADD_RULE, ruleset, RULE_PATH_BENEATH, self.rule_ref, 0) != 0:
+                        return False
             if self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
                 return False
             return syscall(RESTRICT_SELF, ruleset, 0) == 0
         finally:
-            os.close(ruleset)
+            for fd in (ruleset, *own):
+                if fd >= 0:
+                    os.close(fd)
 
     def _device_access(self, mode: str) -> int:
         access = READ_FILE | (WRITE_FILE if "w" in mode else 0) | IOCTL_DEV
         return access & self.everything & FILE_ONLY
 
-    def _allow(self, ruleset: int, path: str, access: int) -> bool:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                access &= FILE_ONLY
-            self.rule.allowed_access, self.rule.parent_fd = access, fd
-            return self.libc.syscall(ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(self.rule), 0) == 0
-        finally:
-            os.close(fd)
+
+FD_FLOOR = 512  # the zygote's O_PATH descriptors: clear of the numbers a spare puts its pipes at
+
+
+def _open_path(path: str) -> int:
+    """An O_PATH descriptor of `path` at FD_FLOOR or above (-1 if it is missing)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_FLOOR)
+    finally:
+        os.close(fd)

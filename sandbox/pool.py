@@ -371,8 +371,10 @@ class DockerBackend(Backend):
         environment: dict[str, str] | None = None,
         client=None,
         runner_args: list[str] | None = None,
+        confine: bool = True,
     ) -> None:
         self.image = image
+        self.confine = confine  # Landlock file rules per execution; off only to measure what they cost
         self.pool_name = pool_name
         self.limits = limits or DockerLimits()
         self.environment = dict(environment or {})
@@ -475,7 +477,12 @@ class DockerBackend(Backend):
         )
         created = api.create_container(
             self.image,
-            command=["--purge-tmp", "--confine", "--workroot", WORKROOT, "--spares", str(spares), *self.runner_args],
+            command=[
+                "--purge-tmp",
+                *(["--confine"] if self.confine else []),
+                *("--workroot", WORKROOT, "--spares", str(spares)),
+                *self.runner_args,
+            ],
             name=name,
             hostname="sandbox",
             user=limits.user,
@@ -670,6 +677,15 @@ class SandboxPool:
             "idle": len(self._idle()),
             **self.counters,
         }
+
+    async def warmed(self, timeout_s: float = 90.0) -> bool:
+        """Wait until `size` slots are idle and none is starting (the steady state); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._idle()) < self.size or self._starting:
+            if self._closed or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def _live(self) -> list[Slot]:
         return [slot for slot in self.slots if slot.alive]
@@ -961,9 +977,15 @@ class DockerExecutor(SandboxPool):
         answer_grace_s: float = 10.0,
         runner_args: list[str] | None = None,
         max_containers: int | None = None,
+        confine: bool = True,
     ) -> None:
         backend = DockerBackend(
-            image=image, pool_name=pool_name, limits=limits, environment=environment, runner_args=runner_args
+            image=image,
+            pool_name=pool_name,
+            limits=limits,
+            environment=environment,
+            runner_args=runner_args,
+            confine=confine,
         )
         super().__init__(
             backend,

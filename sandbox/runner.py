@@ -503,7 +503,9 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
         os.dup2(high[2], 2)
         os.dup2(job_r, 3, inheritable=False)
         os.dup2(res_w, 4, inheritable=False)
-        os.closerange(5, opts.max_fd)  # every other fd: the hub socket, the hub's ends of the pipes
+        if not opts.confinement.enter(workdir):  # before the close: it uses the zygote's O_PATH descriptors
+            os._exit(71)  # the zygote found Landlock available: never run a block without it
+        os.closerange(5, opts.max_fd)  # every other fd: the hub socket, the hub's ends of the pipes, those
         try:  # out of memory: kill an execution, never the hub or the zygote
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
@@ -513,8 +515,6 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
         except OSError:
             pass
         os.chdir(workdir)
-        if not opts.confinement.enter(workdir):
-            os._exit(71)  # the zygote found Landlock available: never run a block without it
         for variable in ("HOME", "TMPDIR", "MPLCONFIGDIR"):  # scratch space: the only place it can write
             os.environ[variable] = workdir
         tempfile.tempdir = workdir
@@ -1620,7 +1620,8 @@ class Hub:
             return True
         if "forked" in message:
             self.spawning = max(0, self.spawning - 1)
-            self.forked.add(message["forked"])
+            if message["forked"] not in self.procs:  # the spare's own announcement may come first
+                self.forked.add(message["forked"])
             return True
         if "exit" in message:
             proc = self.procs.pop(message["exit"], None)
@@ -1698,6 +1699,7 @@ class Hub:
             self.zygote_sock = None
         self.zygote_ready = False
         self.spawning = 0
+        self.forked.clear()  # its unannounced spares cannot announce any more: they exit, strays to us
 
     def _on_zygote_exit(self, status: int) -> None:
         self.zygote_pid = None
@@ -1742,12 +1744,12 @@ class Hub:
         """
         if self.stopping or not self.zygote_ready or self.zygote_sock is None or self.spawn_timer is not None:
             return
-        want = self.opts.spares + len(self.queue) - len(self.spares) - self.spawning
+        want = self.opts.spares + len(self.queue) - len(self.spares) - self.spawning - len(self.forked)
         if want <= 0:
             return
         if self.spares and not self.queue:
             if len(self.spares) <= self.opts.spares // 2:
-                want = 1 if self.spawning == 0 else 0  # trickle
+                want = 1 if self.spawning == 0 and not self.forked else 0  # trickle
             elif any(run.final is None for run in self.runs.values()):
                 return  # made when the running blocks are done
             else:
