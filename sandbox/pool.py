@@ -5,13 +5,17 @@ a hardened Docker container attached over its stdin/stdout (`DockerBackend`),
 or a plain subprocess for the `local` executor (`LocalBackend`, NOT
 isolated). `SandboxPool` keeps `size` slots warm, runs at most `concurrency`
 executions in each, pins a session (one candidate's blocks) to one slot, and
-turns every failure into an ExecutionResult:
+turns every failure into an ExecutionResult. The Docker executor leases each
+tenant (a /solve request) a slot of its own and destroys it when the tenant
+is released, so no container ever runs two requests' code (see SandboxPool):
 
 - a block that times out, crashes, floods its output or is OOM-killed is the
   runner's business: it answers with a result and stays up;
 - a slot whose runner dies (the container was OOM-killed or removed) or stops
   answering (`timeout + answer_grace_s`) fails the executions it was running
   with KILLED results, and is replaced in the background;
+- a runner that finds itself damaged (its work root broken, its scratch
+  space full) says so and is replaced the same way;
 - every container carries labels; `start()` removes the leftovers of an
   earlier process with the same pool name, `close()` every container it made.
 

@@ -41,7 +41,6 @@ import ast
 import asyncio
 import contextlib
 import statistics
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -428,16 +427,6 @@ def _docker_available() -> None:
     require_docker(IMAGE)
 
 
-async def settle(ex: DockerExecutor, within_s: float = 90.0) -> None:
-    """Wait (without failing) until the pool is warm again: released containers are replaced in the background."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        stats = ex.stats()
-        if stats["warm"] >= ex.size and not stats.get("starting"):
-            return
-        await asyncio.sleep(0.1)
-
-
 async def release(ex: DockerExecutor, *tenants: str) -> None:
     for tenant in dict.fromkeys(tenants):
         await ex.release(tenant)
@@ -462,7 +451,7 @@ async def tenants(request):
             if runtime == "runsc":
                 pytest.skip(f"runsc is registered but cannot run containers on this host: {error}")
             raise
-        await settle(ex)
+        await ex.warmed()
         tenant = f"req-baseline-{uuid.uuid4().hex[:8]}"
         durations = []
         for _ in range(6):
@@ -470,9 +459,9 @@ async def tenants(request):
             assert (result.status, result.stdout) == (ExecutionStatus.OK, "42\n"), result
             durations.append(result.duration_s)
         await release(ex, tenant)
-        await settle(ex)
+        await ex.warmed()
         yield Tenants(ex, runtime, statistics.median(durations[1:]))
-        await settle(ex)  # no container is half-started when the pool closes
+        await ex.warmed()  # no container is half-started when the pool closes
     finally:
         await ex.close()
     assert containers_of(ex.backend.pool_name) == [], "a container of the pool was left behind"
@@ -481,7 +470,7 @@ async def tenants(request):
 @contextlib.asynccontextmanager
 async def leased(t: Tenants, scope: str = "cross-tenant"):
     """(attacker, victim) tenant ids for one test: the same request in the same-tenant scope; released at the end."""
-    await settle(t.ex)
+    await t.ex.warmed()  # released containers are replaced in the background
     if scope == "same-tenant":
         hellos = [slot.hello for slot in getattr(t.ex, "slots", []) if slot.alive]
         if not any(hello.get("confined_files") for hello in hellos):
