@@ -108,8 +108,11 @@ class _SandboxCollector(Collector):
 
     def collect(self):
         stats = self.stats()
-        containers = GaugeMetricFamily("sctir_sandbox_containers", "Sandbox containers by state.", labels=["state"])
-        containers.add_metric(["warm"], stats["warm"])
+        containers = GaugeMetricFamily(
+            "sctir_sandbox_containers", "Sandbox containers by state (leased: to one request).", labels=["state"]
+        )
+        containers.add_metric(["idle"], stats["idle"])
+        containers.add_metric(["leased"], stats["leased"])
         containers.add_metric(["starting"], stats["starting"])
         yield containers
         yield GaugeMetricFamily("sctir_sandbox_busy", "Code blocks running in the pool.", value=stats["busy"])
@@ -118,4 +121,7 @@ class _SandboxCollector(Collector):
         )
         yield CounterMetricFamily(
             "sctir_sandbox_replaced", "Sandbox containers replaced after dying or hanging.", value=stats["replaced"]
+        )
+        yield CounterMetricFamily(
+            "sctir_sandbox_released", "Sandbox containers destroyed as their request ended.", value=stats["released"]
         )
