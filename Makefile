@@ -36,7 +36,7 @@ test-system:
 	scripts/build-sandbox-image.sh
 
 test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP) test-system
-	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_GVISOR=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 $(DEMO_MODEL)/demo_build.json: $(TRAIN_STAMP) training/demo.py training/data.py
 	OMP_NUM_THREADS=1 $(PY) -m training.demo --out $(DEMO_MODEL)

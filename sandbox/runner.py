@@ -23,9 +23,12 @@ the candidate's later blocks. Since spares come from the zygote, whose memory
 never held request data, no candidate can find another's code or output in
 its own memory; spares are not dumpable, so they cannot read each other's
 memory (/proc/PID/mem, ptrace) or the hub's environment either; and where the
-kernel has Landlock's scopes (Linux 6.12+), each spare is in a domain of its
-own, so a block can signal (and reach abstract UNIX sockets of) only itself
-and its own children: not another candidate's block, the zygote or the hub.
+kernel has Landlock, each spare is in a domain of its own (sandbox/confine.py):
+with --confine it writes only its own randomly named directory (no directory
+it can write is on sys.path; its program file is created anew, never through
+a link) and, with Landlock's scopes (Linux 6.12+), it can signal (and reach
+abstract UNIX sockets of) only itself and its own children: not another
+candidate's block, the zygote or the hub.
 
 Hardening of the processes themselves:
 - In a container the hub is PID 1, which the kernel protects from every
@@ -39,19 +42,27 @@ Hardening of the processes themselves:
   per execution, so the zygote is their parent and is restarted instead.)
 - Every execution runs in its own session and process group; when it ends the
   group is killed, and orphans the hub adopts (it is PID 1, or a child
-  subreaper on a host) are swept; in a container, any process outside the
-  hub, the zygote and the sessions of live executions is killed (a fork bomb
-  whose children call setsid included), so nothing a block starts outlives it.
+  subreaper on a host) are swept; in a container, any process that is not the
+  hub, the zygote, a spare the zygote reported forking, or in the session of a
+  live execution is killed (a fork bomb whose children call setsid, a child
+  made with clone(CLONE_PARENT) included), so nothing a block starts outlives
+  it; a session's other processes are killed after each of its blocks.
 - Fork and exit are dear (~1-3 ms of CPU each for a copy of a 70 MB zygote)
   and, done next to a running block or a result in flight, delay it by
   milliseconds; so the hub makes spares between blocks and lets a finished
   block's process exit `--linger` seconds after its result is sent.
 - Protocol fds are private: the hub moves its stdin/stdout away from fds 0/1,
   and a spare's fds 0/1/2 are /dev/null and its own output pipes, so user
-  code writing to fd 1 cannot forge a response.
+  code writing to fd 1 cannot forge a response. A block can write to its own
+  result pipe, but a result must carry its job's random token and come once:
+  a forged one is a protocol violation that kills the process (and resets the
+  session), so no result is ever taken for another job.
+- After every result the hub checks its work root and scratch space, repairs
+  what it can and otherwise tells the host it is "unhealthy" (replace me).
 - Spares ask the kernel's OOM killer to pick them first (oom_score_adj 1000),
   so an allocation past the container's memory limit kills that execution,
-  not the hub; a CPU-time rlimit backs up the wall-clock timeout.
+  not the hub; a CPU-time rlimit backs up the wall-clock timeout (a session's
+  per block, within a hard limit for its life).
 
 Protocol: each message is a 4-byte big-endian length and that many bytes of
 UTF-8 JSON (surrogates passed through). Requests (host -> runner):
@@ -68,6 +79,7 @@ Responses (runner -> host):
     {"type": "hello", "ready": true, "pid": ..., "python": ..., "preloaded": [...], ...}
     {"type": "result", "id": 1, "status": "ok|error|timeout|killed",
      "stdout": "...", "error": "...", "duration": 0.0012}
+    {"type": "unhealthy", "reason": "..."}          # the host should replace this runner
     {"type": "closed", "id": 2}
     {"type": "pong", "id": 3, ...counters...}
     {"type": "bye", "id": 4}

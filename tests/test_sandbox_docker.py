@@ -50,13 +50,39 @@ def docker_problem(image: str = IMAGE) -> str | None:
     return None
 
 
+def unavailable(problem: str, required_by: str) -> None:
+    """Skip, naming what is missing; fail instead where the environment variable `required_by` is 1 (CI)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
 def require_docker(image: str = IMAGE) -> None:
     problem = docker_problem(image)
-    if problem is None:
-        return
-    if os.environ.get("SCTIR_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"SCTIR_REQUIRE_DOCKER=1 but {problem}", pytrace=False)
-    pytest.skip(problem)
+    if problem is not None:
+        unavailable(problem, "SCTIR_REQUIRE_DOCKER")
+
+
+GVISOR_LIMITS = DockerLimits(**{**LIMITS.__dict__, "runtime": "runsc"})
+
+
+def require_gvisor() -> None:
+    """The engine has gVisor's runsc runtime, or the test skips (fails with SCTIR_REQUIRE_GVISOR=1)."""
+    import docker
+
+    if "runsc" not in docker.from_env(version="auto").info().get("Runtimes", {}):
+        problem = (
+            "the Docker engine has no runsc runtime (gVisor): apt-get install runsc, then scripts/start-dockerd.sh"
+        )
+        unavailable(problem, "SCTIR_REQUIRE_GVISOR")
+
+
+async def start_gvisor_pool(ex: DockerExecutor) -> None:
+    try:
+        await ex.start()
+    except RuntimeError as error:
+        await ex.close()
+        unavailable(f"runsc is registered but cannot run containers on this host: {error}", "SCTIR_REQUIRE_GVISOR")
 
 
 def containers_of(pool_name: str) -> list:
@@ -588,17 +614,10 @@ async def test_a_missing_image_says_so() -> None:
 
 
 async def test_gvisor_runtime() -> None:
-    import docker
-
-    runtimes = docker.from_env(version="auto").info().get("Runtimes", {})
-    if "runsc" not in runtimes:
-        pytest.skip("the Docker engine has no runsc runtime (gVisor): apt-get install runsc, then restart dockerd")
-    ex = make_pool(size=1, concurrency=2, limits=DockerLimits(**{**LIMITS.__dict__, "runtime": "runsc"}))
+    require_gvisor()
+    ex = make_pool(size=1, concurrency=2, limits=GVISOR_LIMITS)
+    await start_gvisor_pool(ex)
     try:
-        try:
-            await ex.start()
-        except RuntimeError as error:
-            pytest.skip(f"runsc is registered but cannot run containers on this host: {error}")
         result = await ex.execute("import os\nos.uname().release, 6 * 7")
         assert result.status is ExecutionStatus.OK, result
         release, answer = result.stdout.split()

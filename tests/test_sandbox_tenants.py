@@ -48,8 +48,17 @@ import pytest
 import pytest_asyncio
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
-from sandbox.pool import DockerExecutor, DockerLimits
-from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, make_pool, require_docker
+from sandbox.pool import DockerExecutor
+from tests.test_sandbox_docker import (
+    GVISOR_LIMITS,
+    IMAGE,
+    LIMITS,
+    containers_of,
+    make_pool,
+    require_docker,
+    require_gvisor,
+    start_gvisor_pool,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -435,22 +444,12 @@ async def release(ex: DockerExecutor, *tenants: str) -> None:
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["runc", "runsc"])
 async def tenants(request):
     runtime = request.param
-    limits = LIMITS
     if runtime == "runsc":
-        import docker
-
-        runtimes = docker.from_env(version="auto").info().get("Runtimes", {})
-        if "runsc" not in runtimes:
-            pytest.skip("the Docker engine has no runsc runtime (gVisor): apt-get install runsc, then restart dockerd")
-        limits = DockerLimits(**{**LIMITS.__dict__, "runtime": "runsc"})
+        require_gvisor()
+    limits = GVISOR_LIMITS if runtime == "runsc" else LIMITS
     ex = make_pool(size=POOL_SIZE, concurrency=CONCURRENCY, timeout_s=TIMEOUT_S, limits=limits)
+    await (start_gvisor_pool(ex) if runtime == "runsc" else ex.start())
     try:
-        try:
-            await ex.start()
-        except RuntimeError as error:
-            if runtime == "runsc":
-                pytest.skip(f"runsc is registered but cannot run containers on this host: {error}")
-            raise
         await ex.warmed()
         tenant = f"req-baseline-{uuid.uuid4().hex[:8]}"
         durations = []
