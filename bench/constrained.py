@@ -43,11 +43,15 @@ def varying_code_step_regex(*, loops: bool = False) -> str:
 
 
 def varying_tir_regex(prompt: str, *, loops: bool = False) -> str:
-    """Code first; after an executed block, more code or the answer: candidates need 2 to M steps."""
+    """Code first; after an executed block, more code or the answer: candidates need 2 to M steps.
+
+    An executed block's closing fence is the service's last character (service.tir.output_block):
+    the model's step begins with the newline after it.
+    """
     code = varying_code_step_regex(loops=loops)
     if OUTPUT_MARKER not in prompt:
         return code
-    return f"({code})|({VARYING_ANSWER_STEP_REGEX})"
+    return f"\n(({code})|({VARYING_ANSWER_STEP_REGEX}))"
 
 
 class ConstrainedVllmEngine(VllmEngine):

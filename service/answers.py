@@ -2,13 +2,13 @@
 
 Every candidate's final answer is reduced to a vote in one of three modes:
 
-- ``aimo``: the rule of the AIMO 1 winning seed (Numina's Kaggle notebook). The answer must be
-  a real number; it is rounded to the nearest integer when within 0.2 of it (otherwise dropped),
-  negative results are dropped and the rest is taken mod 1000. The seed's own check rounded
-  *before* measuring the distance, so its 0.2 tolerance never fired; this module applies the
-  tolerance that was intended. Like the seed, the sign is tested after rounding, so ``-0.1``
-  rounds to ``0`` and is kept.
-- ``integer``: exact integers of any size and sign, no modulus; anything else is dropped.
+- ``aimo``: the reference's scoring, exactly (the winners' Kaggle notebook): the answer is read
+  from the text's last 100 characters and normalised the notebook's way (`reference_answer`),
+  then ``float()``, Python's ``round()`` (2.5 -> 2, 3.3 -> 3, 0.4 -> 0: the notebook's 0.2
+  tolerance check rounds first and so never fires), negatives dropped, the rest mod 1000. LaTeX
+  that ``float()`` cannot read (``\\frac{6}{2}``, ``2^{10}``, ``\\sqrt{15}``) is no vote, as there.
+- ``integer``: exact integers of any size and sign, no modulus, with our own parsing
+  (``\\frac{6}{2}`` -> 3; ``\\sqrt{15}`` and 2.5 are no vote); anything else is dropped.
 - ``expression``: any non-empty answer; two answers share a class when math-verify finds them
   equivalent (``\\frac{1}{2}``, ``0.5`` and ``1/2`` are one class).
 
@@ -37,6 +37,8 @@ from math_verify.errors import TimeoutException
 from math_verify.utils import timeout
 from sympy import Basic, Eq, Symbol
 
+from service.tir import TAIL_CHARS
+
 MATH_VERIFY_TIMEOUT_S = 3
 """Per parse / per comparison bound; pathological LaTeX can make sympy spin for minutes."""
 
@@ -45,7 +47,6 @@ _MAX_ABS = 10**1000
 _INEXACT_MAX_ABS = 10**30
 """Beyond this, 60-digit numeric evaluation cannot tell whether a value is an integer."""
 _INTEGER_EPS = Fraction(1, 10**20)
-_AIMO_TOLERANCE = Fraction(1, 5)
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
@@ -72,7 +73,7 @@ _WITHOUT_UNITS = (
 
 
 class AnswerMode(StrEnum):
-    AIMO = "aimo"  # the AIMO seed's rule: integer mod 1000
+    AIMO = "aimo"  # the reference's scoring: round(float()) of its normalised answer, mod 1000
     INTEGER = "integer"  # exact integers, no modulus
     EXPRESSION = "expression"  # symbolic equivalence classes (math-verify)
 
@@ -187,20 +188,101 @@ def normalize(raw: str, mode: AnswerMode) -> str | None:
     """Vote key of an answer, or None when the answer is not valid in that mode."""
     if mode is AnswerMode.EXPRESSION:
         return _strip(raw) or None
+    if mode is AnswerMode.AIMO:
+        return _aimo_vote(raw)
     number = _number(raw)
     if number is None:
         return None
     value, exact = number
     nearest = round(value)
-    if mode is AnswerMode.AIMO:
-        if abs(value - nearest) > _AIMO_TOLERANCE or nearest < 0:
-            return None
-        return str(nearest % 1000)
     if exact:
         return str(nearest) if value == nearest else None
     if abs(value) >= _INEXACT_MAX_ABS or abs(value - nearest) > _INTEGER_EPS:
         return None
     return str(nearest)
+
+
+def _aimo_vote(raw: str) -> str | None:
+    """The reference's filter: round(float(answer)), negatives dropped, mod 1000 (None: no vote).
+
+    A candidate's answer in `aimo` mode is already the reference's normalised text (`read_answer`);
+    any other answer (a data set's, one extracted elsewhere) that float() cannot read is first
+    normalised the reference's way, so "$5$" or "1,000" count as they would there.
+    """
+    for text in (raw, _reference_normalize(raw)):
+        try:
+            value = round(float(text))
+        except (ValueError, OverflowError):  # not a float literal; inf, nan
+            continue
+        return str(value % 1000) if value >= 0 else None
+    return None
+
+
+def read_answer(text: str, mode: AnswerMode) -> str | None:
+    """A candidate's answer, read the reference's way from the text's last TAIL_CHARS characters.
+
+    The caller has checked that the tail holds "\\boxed" or "answer is". In `aimo` mode the
+    reference's own reading and normalisation (`reference_answer`); in the others, ours on the
+    same tail: its last balanced box, else what follows its last "answer is".
+    """
+    tail = text[-TAIL_CHARS:]
+    return reference_answer(tail) if mode is AnswerMode.AIMO else extract_answer(tail)
+
+
+# -- the reference's answer reading (the winners' notebook: extract_boxed_answer, normalize_answer) --
+
+_REFERENCE_SUBS = (("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
+                   (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}"), ("\\le", "<"))  # fmt: skip
+_REFERENCE_REMOVE = (
+    "square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots", "sue",
+    "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters", "meals", "edges",
+    "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}", "\\text{}^2",
+    "\\text{}^3", "\\text{\n}", "\\text{}", "\\mathrm{th}", "^\\circ", "^{\\circ}", "\\;", ",\\!", "{,}", '"',
+    "\\dots", "\n", "\r", "\f", "\\%",
+)  # fmt: skip
+_REFERENCE_UNWRAP = tuple(re.compile(p) for p in (r"(\\text\{)(.*?)(\})", r"(\\textbf\{)(.*?)(\})",
+                                                   r"(\\overline\{)(.*?)(\})", r"(\\boxed\{)(.*)(\})"))  # fmt: skip
+_REFERENCE_SPLIT = tuple(re.compile(p) for p in (r"finalansweris(.*)", r"answer?is:?(.*)", r"oxed\{(.*?)\}",
+                                                  r"\$(.*?)\$"))  # fmt: skip
+
+
+def reference_answer(tail: str) -> str | None:
+    """The reference's answer of a tail: its last box's body if the tail says "boxed", else the
+    whole tail, through the notebook's normalisation; None where the notebook's "-1" stood (no
+    balanced box in the tail, a box that is not "\\boxed{...}")."""
+    if "boxed" not in tail:
+        return _reference_normalize(tail)
+    start = max(tail.rfind("\\boxed"), -1 if "\\boxed" in tail else tail.rfind("\\fbox"))
+    if start < 0 or not tail.startswith("\\boxed{", start):
+        return None
+    depth = 0
+    for index in range(start, len(tail)):
+        depth += {"{": 1, "}": -1}.get(tail[index], 0)
+        if tail[index] == "}" and depth == 0:
+            return _reference_normalize(tail[start + len("\\boxed{") : index])
+    return None
+
+
+def _reference_normalize(answer: str) -> str:
+    """The notebook's normalize_answer, step for step (its quirks are the reference's votes)."""
+    if match := re.search(r"(.*?)Problem:", answer, flags=re.S):
+        answer = match.group(1)
+    for before, after in _REFERENCE_SUBS:
+        answer = answer.replace(before, after)
+    for text in _REFERENCE_REMOVE:
+        answer = answer.replace(text, "")
+    for pattern in _REFERENCE_UNWRAP:
+        answer = pattern.sub(r"\2", answer)
+    for pattern in _REFERENCE_SPLIT:
+        if found := pattern.findall(answer):
+            answer = found[-1]
+    answer = answer.strip()
+    if "rac" in answer and "\\frac" not in answer:
+        answer = answer.replace("rac", "\\frac")
+    answer = re.sub(r"(frac)([^{])(.)", r"frac{\2}{\3}", answer)
+    answer = re.sub(r"(sqrt)([^{])", r"sqrt{\2}", answer)
+    answer = answer.replace("$", "")
+    return answer.replace(",", "") if answer.replace(",", "").isdigit() else answer
 
 
 @dataclass(frozen=True)

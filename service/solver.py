@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sandbox.executor import ExecutionResult, Executor
-from service.answers import AnswerMode, Ballot, extract_answer
-from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
+from service.answers import AnswerMode, Ballot, read_answer
+from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.tir import (
     OUTPUT_MARKER,
     StepOutcome,
@@ -120,9 +120,11 @@ class Candidate:
         )
         if outcome is StepOutcome.EXECUTE:
             return Action.EXECUTE
-        if outcome in (StepOutcome.ANSWER, StepOutcome.LAST_STEP):
-            self.answer = extract_answer(self.text)
+        if outcome is StepOutcome.ANSWER:
+            self.answer = read_answer(self.text, config.answer_mode)
             return self.finish(CandidateStatus.ANSWERED if self.answer is not None else CandidateStatus.EXHAUSTED)
+        if outcome is StepOutcome.LAST_STEP:  # no answer in the tail: the reference keeps the one it had (none)
+            return self.finish(CandidateStatus.EXHAUSTED)
         if outcome is StepOutcome.HALLUCINATED or not config.restart_on_fail:
             return self.finish(CandidateStatus.PRUNED, outcome.value)
         self.text, self.executed_since_restart = "", False  # NO_CODE or STALLED: start over
@@ -269,6 +271,8 @@ class Solver:
                 request = candidate.next_request(prompt, config, request_id)
                 try:
                     generated = await self._generate(candidate, request)
+                except ContextExhausted:
+                    generated = ""  # the reference's empty completion: judged like any empty step
                 except EngineError as error:
                     candidate.finish(CandidateStatus.FAILED, f"engine: {error}")
                     return

@@ -1,10 +1,12 @@
-"""The TIR text protocol of NuminaMath-7B-TIR (ToRA format) and the seed's step rules.
+"""The TIR text protocol of NuminaMath-7B-TIR (ToRA format) and the reference's step rules.
 
 A candidate's completion alternates prose, ```python blocks and ```output
 blocks. A generation step stops when the model opens an output block (the
 stop string is kept in the text); the service then runs the last Python
 block and writes the output block itself, so the model never sees an output
-it did not earn.
+it did not earn. As in the reference (the winners' notebook), the service
+writes the output and the closing fence with no newline after it: the model
+writes what follows.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ TRUNCATION_SUFFIX = " ... (output truncated)"
 
 
 class StepOutcome(StrEnum):
-    """What the seed does with a candidate after one generation step."""
+    """What the reference does with a candidate after one generation step."""
 
     EXECUTE = "execute"  # ends with the output marker: run the last block, continue
-    ANSWER = "answer"  # the tail gives an answer after real tool use: finish
+    ANSWER = "answer"  # the tail gives an answer after real tool use: read it from the tail
     HALLUCINATED = "hallucinated"  # an answer without any executed code: prune
-    NO_CODE = "no_code"  # no Python block at all: restart or prune
-    LAST_STEP = "last_step"  # out of steps: finish with whatever answer the text holds
+    NO_CODE = "no_code"  # no complete Python block at all: restart or prune
+    LAST_STEP = "last_step"  # out of steps, no answer in the tail: keep the answer it had, if any
     STALLED = "stalled"  # anything else (e.g. length cut mid-prose): restart or prune
 
 
 def has_code(completion: str) -> bool:
-    return "```python" in completion
+    """Whether the text holds a complete ```python block (the reference's regex, not an opening fence)."""
+    return CODE_BLOCK.search(completion) is not None
 
 
 def last_code_block(completion: str) -> str | None:
@@ -40,13 +43,18 @@ def last_code_block(completion: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
+def answer_tail(completion: str) -> str:
+    """The last TAIL_CHARS characters: where the reference looks for an answer, and reads it from."""
+    return completion[-TAIL_CHARS:]
+
+
 def tail_has_answer(completion: str) -> bool:
-    tail = completion[-TAIL_CHARS:]
+    tail = answer_tail(completion)
     return "\\boxed" in tail or "answer is" in tail
 
 
 def classify_step(completion: str, *, executed_before: bool, last_step: bool) -> StepOutcome:
-    """The seed's decision after a step, in the seed's order of checks.
+    """The reference's decision after a step, in the reference's order of checks.
 
     `completion` is everything the candidate generated so far (with the
     outputs the service inserted); `executed_before` says whether the
@@ -64,7 +72,11 @@ def classify_step(completion: str, *, executed_before: bool, last_step: bool) ->
 
 
 def output_block(feedback: str, limit: int = OUTPUT_LIMIT_CHARS) -> str:
-    """The rest of the output block after the marker: truncated feedback, then the closing fence."""
+    """The rest of the output block after the marker: truncated feedback, then the closing fence.
+
+    No newline after the fence, as the reference writes it (`f"{code_result}\\n```"`): the
+    model's next step starts right after the fence, and every later prompt depends on this.
+    """
     if len(feedback) > limit:
         feedback = feedback[:limit] + TRUNCATION_SUFFIX
-    return feedback + "\n```\n"
+    return feedback + "\n```"

@@ -71,7 +71,7 @@ async def test_tool_use_then_answer(executor):
     assert candidate.status is CandidateStatus.ANSWERED
     assert (candidate.steps, candidate.executions, candidate.answer) == (2, 1, "42")
     # the executed output (auto-printed last line) is in the prompt of the next step, block closed
-    assert engine.requests[1].prompt.endswith(code("x = 6*7\nx") + "42\n```\n")
+    assert engine.requests[1].prompt.endswith(code("x = 6*7\nx") + "42\n```")  # the reference's: no newline after
     assert engine.requests[1].prompt.startswith("### Problem: What is 6 times 7?\n### Solution: ")
     assert result.answer == "42" and result.votes == {"42": 1} and result.agreement == 1.0
 
@@ -88,7 +88,7 @@ async def test_stop_string_is_the_output_marker_and_seeds_are_per_candidate_and_
 async def test_output_truncated_exactly_as_the_seed_formats_it(executor):
     engine = ScriptedEngine(steps_of({0: [code("print('a' * 300)"), boxed(1)]}))
     await Solver(engine, executor).solve(PROBLEM, config(), "r")
-    assert engine.requests[1].prompt.endswith(OUTPUT_MARKER + "a" * 200 + TRUNCATION_SUFFIX + "\n```\n")
+    assert engine.requests[1].prompt.endswith(OUTPUT_MARKER + "a" * 200 + TRUNCATION_SUFFIX + "\n```")
     assert TRUNCATION_SUFFIX == " ... (output truncated)"
 
 
@@ -96,14 +96,14 @@ async def test_error_traceback_is_fed_back(executor):
     engine = ScriptedEngine(steps_of({0: [code("1/0"), boxed(1)]}))
     await Solver(engine, executor).solve(PROBLEM, config(), "r")
     feedback = engine.requests[1].prompt.rsplit(OUTPUT_MARKER, 1)[1]
-    assert "Traceback" in feedback and feedback.endswith("ZeroDivisionError: division by zero\n```\n")
+    assert "Traceback" in feedback and feedback.endswith("ZeroDivisionError: division by zero\n```")
 
 
 async def test_only_the_last_block_runs_with_the_preamble(executor):
     first = "Setup:\n```python\ny = 5\n```\n"
     engine = ScriptedEngine(steps_of({0: [first + code("sp.Integer(2)**10"), boxed(1)]}))
     await Solver(engine, executor).solve(PROBLEM, config(), "r")
-    assert engine.requests[1].prompt.endswith("1024\n```\n")
+    assert engine.requests[1].prompt.endswith("1024\n```")
 
 
 async def test_no_code_restarts_from_the_prompt(executor):
@@ -152,12 +152,13 @@ async def test_restart_on_the_last_step_is_reported(executor):
 
 
 async def test_aimo_filter_and_majority_vote(executor):
-    answers = ["1001", "-5", "12.1", "12.5", "1", "12", "1"]
+    answers = ["1001", "-5", "12.1", "12.5", "1", "12", "1", r"\frac{6}{2}", r"\sqrt{15}"]
     engine = ScriptedEngine(steps_of({i: [code("0"), boxed(a)] for i, a in enumerate(answers)}))
     result = await Solver(engine, executor).solve(PROBLEM, config(num_samples=len(answers)), "r")
-    assert [c.vote for c in result.candidates] == ["1", None, "12", None, "1", "12", "1"]
-    assert result.votes == {"1": 3, "12": 2}
-    assert result.answer == "1" and result.agreement == pytest.approx(3 / 5)
+    # the reference's filter: round(float()) (12.5 -> 12), negatives and what float() cannot read dropped
+    assert [c.vote for c in result.candidates] == ["1", None, "12", "12", "1", "12", "1", None, None]
+    assert list(result.votes.items()) == [("1", 3), ("12", 3)]  # a 3-3 tie: the first seen (candidate 0) wins
+    assert result.answer == "1" and result.agreement == pytest.approx(3 / 6)
 
 
 async def test_tie_break_is_the_lowest_candidate_whatever_finishes_first(executor):
@@ -201,10 +202,10 @@ async def test_session_mode_keeps_state_between_blocks(executor):
     transcripts = {0: [code("x = 41"), code("x + 1"), boxed(42)]}
     engine = ScriptedEngine(steps_of(transcripts))
     await Solver(engine, executor).solve(PROBLEM, config(execution_mode=ExecutionMode.SESSION), "r")
-    assert engine.requests[2].prompt.endswith("42\n```\n")
+    assert engine.requests[2].prompt.endswith("42\n```")
     engine = ScriptedEngine(steps_of(transcripts))
     await Solver(engine, executor).solve(PROBLEM, config(), "r")  # last_block: a fresh namespace
-    assert engine.requests[2].prompt.endswith("NameError: name 'x' is not defined\n```\n")
+    assert engine.requests[2].prompt.endswith("NameError: name 'x' is not defined\n```")
 
 
 # --- scheduling: early stop, deadline, no barrier -----------------------------------------

@@ -87,9 +87,10 @@ def format_example(problem: str, solution: str) -> str:
 def format_tir_solution(solution: str, output_limit: int = OUTPUT_LIMIT_CHARS) -> str:
     """A ToRA-format solution with every output block cut the way the service cuts it.
 
-    The service writes "```output\\n" + feedback[:limit] + " ... (output truncated)" + "\\n```\\n";
-    a training text with longer (or differently closed) output blocks would teach the model
-    outputs it never sees when served.
+    The service writes "```output\\n" + feedback[:limit] + " ... (output truncated)" + "\\n```" (no
+    newline after the fence, as the reference: the model writes what follows, and the training
+    text's own newline after the fence is the model's to learn); a training text with longer (or
+    differently closed) output blocks would teach the model outputs it never sees when served.
     """
 
     def cut(match: re.Match[str]) -> str:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.tir import OUTPUT_MARKER
+from service.tir import OUTPUT_MARKER, output_block
 from training.data import (
     NUMINA_CHAT_TEMPLATE,
     PROBLEM_PREFIX,
@@ -256,8 +256,9 @@ def _scored_spans(problem: DemoProblem) -> tuple[str, int, tuple[int, int]]:
     prompt = format_example(problem.problem, "")[:-1]
     text = prompt + solution_text(problem) + "\n"
     start = text.index(OUTPUT_MARKER) + len(OUTPUT_MARKER)
-    # The executor writes the output and the block's closing fence ("\n```\n", service.tir.output_block).
-    return text, len(prompt), (start, start + len(str(problem.answer)) + len("\n```\n"))
+    # The executor writes the output and the block's closing fence (service.tir.output_block); the
+    # newline after the fence is the model's own.
+    return text, len(prompt), (start, start + len(output_block(str(problem.answer))))
 
 
 def _loss_mask(offsets: Sequence[tuple[int, int]], completion_start: int, output: tuple[int, int]) -> list[bool]:

@@ -8,6 +8,7 @@ stopping, deadlines and client disconnects free engine capacity at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -16,6 +17,22 @@ FinishReason = Literal["stop", "length", "abort"]
 
 class EngineError(RuntimeError):
     """The engine could not complete a step (server down, bad response, ...)."""
+
+
+class ContextExhausted(EngineError):
+    """The prompt leaves no room in the model's context: the step generates nothing.
+
+    The reference's vLLM returned an empty completion for such a prompt, and the candidate
+    went on as after any empty step (restarted, or pruned without restarts): the solver does
+    the same, where other engine errors fail the candidate.
+    """
+
+    MESSAGE = re.compile(r"maximum (?:model|context) length", re.IGNORECASE)
+
+    @classmethod
+    def matches(cls, message: str) -> bool:
+        """Whether an engine's error message says the prompt is too long (vLLM's two wordings)."""
+        return cls.MESSAGE.search(message) is not None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from service.engines.base import EngineError, StepRequest, StepResult
+from service.engines.base import ContextExhausted, EngineError, StepRequest, StepResult
 from service.engines.inflight import InFlight
 
 DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
@@ -146,7 +146,11 @@ class RemoteEngine:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise EngineError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
-            raise EngineError(f"{method} {url} returned HTTP {response.status_code}: {_server_message(response)}")
+            message = _server_message(response)
+            kind = (
+                ContextExhausted if response.status_code == 400 and ContextExhausted.matches(message) else EngineError
+            )
+            raise kind(f"{method} {url} returned HTTP {response.status_code}: {message}")
         try:
             return response.json()
         except ValueError as exc:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.engines.base import EngineError, StepRequest, StepResult
+from service.engines.base import ContextExhausted, EngineError, StepRequest, StepResult
 from service.engines.inflight import InFlight
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -243,7 +243,8 @@ class VllmEngine:
         except EngineDeadError as exc:
             raise EngineError(f"the vLLM engine is dead: {exc}") from exc
         except Exception as exc:
-            raise EngineError(f"vLLM rejected or failed the request: {_describe(exc)}") from exc
+            kind = ContextExhausted if ContextExhausted.matches(str(exc)) else EngineError
+            raise kind(f"vLLM rejected or failed the request: {_describe(exc)}") from exc
         if final is None or not final.outputs:
             raise EngineError("vLLM returned no output")
         return _step_result(final)
