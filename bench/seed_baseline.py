@@ -36,7 +36,7 @@ async def solve_with_step_barrier(
             candidate.generation_s += step_s
             candidate.prompt_tokens += result.prompt_tokens
             candidate.completion_tokens += result.completion_tokens
-            actions.append(candidate.after_step(result.text, config))
+            actions.append(candidate.after_step(result.text, config, prompt))
         to_execute = [c for c, action in zip(live, actions) if action is Action.EXECUTE]
         exec_started = time.monotonic()
         outputs = await asyncio.gather(*(executor.execute(last_code_block(c.text) or "") for c in to_execute))

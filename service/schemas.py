@@ -11,6 +11,7 @@ from service.settings import Settings
 from service.solver import (
     CandidateStatus,
     ExecutionMode,
+    Profile,
     SolveConfig,
     SolveResult,
     random_seed,
@@ -51,6 +52,9 @@ class SolveRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, lt=2**31, description="Fixes every candidate's sampling seed.")
     return_traces: bool = Field(False, description="Include every candidate's full text.")
+    profile: Literal["service", "reference"] | None = Field(
+        None, description="service: our candidate rules; reference: the winners' notebook's, exactly."
+    )
 
     @field_validator("num_samples", "max_steps", "temperature", "max_new_tokens", "deadline_s", "seed", mode="before")
     @classmethod
@@ -98,6 +102,7 @@ class SolveRequest(BaseModel):
             restart_on_fail=settings.restart_on_fail,
             early_stop=settings.early_stop,
             output_limit_chars=settings.output_limit_chars,
+            profile=Profile(self.profile or settings.profile),
         )
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.answers import AnswerMode
-from service.solver import ExecutionMode
+from service.solver import ExecutionMode, Profile
 
 NUMINA_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 
@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     execution_mode: ExecutionMode = Field(ExecutionMode.LAST_BLOCK, description="How code blocks run.")
     restart_on_fail: bool = Field(True, description="Restart a failed candidate from the prompt instead of pruning it.")
     early_stop: bool = Field(True, description="Stop once the leading answer cannot be overtaken.")
+    profile: Profile = Field(
+        Profile.SERVICE,
+        description="Candidate rules: service (a candidate finishes at its first answer) or reference (the "
+        "winners' notebook's: answered candidates keep generating, its tie-break, no early stop).",
+    )
     deadline_s: float = Field(600.0, gt=0, le=86400, description="Default time limit of one problem.")
     output_limit_chars: int = Field(200, ge=1, description="Execution output shown to the model.")
 

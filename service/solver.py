@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -48,6 +49,16 @@ class CandidateStatus(StrEnum):
     FAILED = "failed"  # the engine or the executor failed
 
 
+class Profile(StrEnum):
+    """Whose candidate rules: the service's, or the reference's exactly (the winners' notebook)."""
+
+    SERVICE = "service"  # a candidate finishes at its first answer; ties: the lowest candidate index
+    # an answered candidate keeps generating and its answer is re-read (and kept through restarts and
+    # prunes); the 100-character tail is of prompt + text; ties: the first seen in the notebook's order
+    # (pruned candidates step by step, then the rest); no early stop
+    REFERENCE = "reference"
+
+
 @dataclass(frozen=True)
 class SolveConfig:
     num_samples: int
@@ -62,6 +73,11 @@ class SolveConfig:
     restart_on_fail: bool = True
     early_stop: bool = True
     output_limit_chars: int = 200
+    profile: Profile = Profile.SERVICE
+
+    @property
+    def reference(self) -> bool:
+        return self.profile is Profile.REFERENCE
 
 
 class Action(StrEnum):
@@ -69,6 +85,7 @@ class Action(StrEnum):
 
     EXECUTE = "execute"  # run the last code block, then generate again
     GENERATE = "generate"  # restarted from the prompt: generate again
+    CONTINUE = "continue"  # answered, under the reference profile: generate again after its text
     DONE = "done"
 
 
@@ -112,19 +129,24 @@ class Candidate:
             ),
         )
 
-    def after_step(self, generated: str, config: SolveConfig) -> Action:
-        """Apply the seed's rules to the step just generated (see service.tir.classify_step)."""
+    def after_step(self, generated: str, config: SolveConfig, prompt: str = "") -> Action:
+        """Apply the reference's rules to the step just generated (see service.tir.classify_step).
+
+        Under the reference profile the rules see `prompt` + text, as the notebook's did.
+        """
         self.text += generated
-        outcome = classify_step(
-            self.text, executed_before=self.executed_since_restart, last_step=self.steps >= config.max_steps
-        )
+        judged = prompt + self.text if config.reference else self.text
+        last_step = self.steps >= config.max_steps
+        outcome = classify_step(judged, executed_before=self.executed_since_restart, last_step=last_step)
         if outcome is StepOutcome.EXECUTE:
             return Action.EXECUTE
         if outcome is StepOutcome.ANSWER:
-            self.answer = read_answer(self.text, config.answer_mode)
+            self.answer = read_answer(judged, config.answer_mode)
+            if config.reference and not last_step:
+                return Action.CONTINUE  # the reference keeps it in the batch and reads its answer again
             return self.finish(CandidateStatus.ANSWERED if self.answer is not None else CandidateStatus.EXHAUSTED)
-        if outcome is StepOutcome.LAST_STEP:  # no answer in the tail: the reference keeps the one it had (none)
-            return self.finish(CandidateStatus.EXHAUSTED)
+        if outcome is StepOutcome.LAST_STEP:  # no answer in the tail: it keeps the one it had (if any)
+            return self.finish(CandidateStatus.ANSWERED if self.answer is not None else CandidateStatus.EXHAUSTED)
         if outcome is StepOutcome.HALLUCINATED or not config.restart_on_fail:
             return self.finish(CandidateStatus.PRUNED, outcome.value)
         self.text, self.executed_since_restart = "", False  # NO_CODE or STALLED: start over
@@ -168,11 +190,16 @@ class SolveResult:
         stopped_early: bool = False,
         deadline_hit: bool = False,
     ) -> SolveResult:
-        """The vote of the finished candidates, counted in index order so finish order cannot matter."""
+        """The vote of the finished candidates, counted in index order so finish order cannot matter.
+
+        Under the reference profile, in the notebook's order (the candidates pruned at each step,
+        then the others), whose first supporter wins a tie there.
+        """
         ballot = Ballot(config.answer_mode)
-        for candidate in candidates:
+        order = sorted(candidates, key=_reference_order) if config.reference else candidates
+        for rank, candidate in enumerate(order):
             if candidate.answer is not None:
-                candidate.vote = ballot.add(candidate.index, candidate.answer)
+                candidate.vote = ballot.add(rank, candidate.answer)
         winner = ballot.winner()
         return cls(
             answer=winner.answer if winner else None,
@@ -190,6 +217,10 @@ class SolveResult:
         self.execution_s = sum(c.execution_s for c in self.candidates)
         self.prompt_tokens = sum(c.prompt_tokens for c in self.candidates)
         self.completion_tokens = sum(c.completion_tokens for c in self.candidates)
+
+
+def _reference_order(candidate: Candidate) -> tuple[float, int]:
+    return (candidate.steps if candidate.status is CandidateStatus.PRUNED else math.inf, candidate.index)
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -235,7 +266,7 @@ class Solver:
             running.discard(candidate.index)
             if candidate.answer is not None:
                 live_ballot.add(candidate.index, candidate.answer)
-            if config.early_stop and running and live_ballot.is_decided(running):
+            if config.early_stop and not config.reference and running and live_ballot.is_decided(running):
                 decided.set()
 
         tasks = [asyncio.create_task(run(c), name=f"{request_id}-{c.index}") for c in candidates]
@@ -278,7 +309,7 @@ class Solver:
                     return
                 if generated is None:  # aborted inside the engine
                     return
-                action = candidate.after_step(generated, config)
+                action = candidate.after_step(generated, config, prompt)
                 if action is Action.GENERATE and session_id:
                     await self.executor.close_session(session_id)  # a restart forgets the state
                 if action is Action.EXECUTE:

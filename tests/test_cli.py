@@ -31,7 +31,7 @@ SCTIR = [sys.executable, "-m", "service.cli"]
 def model_server() -> Iterator[FakeServer]:
     state = FakeServer()
     state.script(PROMPT, completion(CODE, stop_reason=STOP, usage={"prompt_tokens": 9, "completion_tokens": 12}))
-    state.script(PROMPT + CODE + STOP + "42\n```\n", completion(ANSWER, stop_reason=None))
+    state.script(PROMPT + CODE + STOP + "42\n```", completion("\n" + ANSWER, stop_reason=None))
     with serve_in_thread(make_app(state), "/v1/models", lifespan="off") as base:
         state.url = f"{base}/v1"
         yield state

@@ -1,20 +1,21 @@
 """The reference's rules (the winners' notebook), reproduced: answer reading, voting, step rules.
 
-Each answer tail goes through bench/reference_answers.py (the notebook's answer path,
+Each answer tail goes through bench/reference_notebook.py (the notebook's answer path,
 transcribed) and through the service's `aimo` mode: the votes must be identical, and
 each row also states the vote the notebook gives, so that both cannot be wrong
 together. The step-rule tests pin rules 1-5 of the reference (each failed before the
-service followed them).
+service followed them); the profile tests run one scripted candidate through the
+notebook's loop (transcribed) and through the solver, and compare the full text.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from bench.reference_answers import filter_answers, get_majority_vote, process_answer
+from bench.reference_notebook import filter_answers, get_majority_vote, process_answer, run_candidate
 from service.answers import AnswerMode, normalize, read_answer, tally
 from service.engines.base import ContextExhausted, StepRequest, StepResult
-from service.solver import Action, Candidate, CandidateStatus, ExecutionMode, SolveConfig, Solver
+from service.solver import Action, Candidate, CandidateStatus, ExecutionMode, Profile, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER, StepOutcome, classify_step
 from tests.doubles import ScriptedEngine, parse_request_id
 
@@ -180,6 +181,36 @@ async def test_rule_5_a_prompt_past_the_context_is_an_empty_step() -> None:
         3,
         1,
     )
+
+
+# -- the reference profile: one candidate through the notebook's loop and through the solver -------------
+
+CHECKED_TWICE = [
+    CODE,
+    "\nSo the answer is $\\boxed{42}$.",  # answered: the notebook keeps generating it
+    " Let me double-check.\n```python\nprint(6 * 7)\n```\n" + OUTPUT_MARKER,
+    "\nConfirmed: the answer is $\\boxed{42}$.",
+]
+ANSWER_KEPT_THROUGH_A_RESTART = [
+    CODE,
+    "\nSo the answer is $\\boxed{41}$.",
+    "\nWait, let me reconsider this very carefully." * 3,  # no answer in the tail, no code: restart
+    "Again:\n```python\nprint(6 * 7)\n```\n",  # the last step: no answer; the notebook keeps 41
+]
+
+
+@pytest.mark.parametrize("steps", [CHECKED_TWICE, ANSWER_KEPT_THROUGH_A_RESTART], ids=["checked-twice", "restart"])
+async def test_the_reference_profile_writes_the_notebooks_text(steps: list[str]) -> None:
+    prompt = ScriptedEngine(lambda *_: ("", 0.0)).format_prompt("6 times 7?")
+    notebook = run_candidate(prompt, lambda step, _: steps[step], lambda _: "42", num_generations=len(steps))
+    engine = ScriptedEngine(lambda candidate, step, _: (steps[step], 0.0))
+    reference = config(max_steps=len(steps), profile=Profile.REFERENCE)
+    [candidate] = (await Solver(engine, _NoExecutor()).solve("6 times 7?", reference, "r")).candidates
+    assert prompt + candidate.text == notebook["gen_texts"]
+    assert candidate.answer == notebook["model_answers"] != "-1"
+    # the service's own profile finishes the candidate at its first answer
+    [own] = (await Solver(engine, _NoExecutor()).solve("6 times 7?", config(max_steps=len(steps)), "r")).candidates
+    assert own.text == CODE + "42\n```" + steps[1] and own.steps == 2
 
 
 class _NoExecutor:

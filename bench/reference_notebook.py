@@ -1,4 +1,4 @@
-"""The reference's answer path, transcribed from the winning notebook, to measure ours against.
+"""The reference's step rules and answer path, transcribed from the winning notebook, to measure ours against.
 
 The reference is project-numina's `kaggle-solution.ipynb` (AIMO Progress Prize 1;
 github.com/project-numina/aimo-progress-prize, cells "Post-processing and solution
@@ -15,12 +15,15 @@ code with service/answers.py, whose `aimo` mode must give the same votes:
   with itself, so it never fires), negatives dropped, mod 1000.
 - `get_majority_vote(answers)`: Counter.most_common's first (the first seen on a tie); 0
   when nothing is left.
+- `run_candidate(...)`: the notebook's main loop and process_code for one candidate, with
+  the generation and the code's output given as functions (the notebook's vLLM and REPL).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 
 CHECK_LAST_N_CHARS = 100
 OUTPUT_MARKER = "```output\n"
@@ -135,3 +138,62 @@ def get_majority_vote(answers):
         return 0
     value, _ = Counter(answers).most_common()[0]
     return value
+
+
+def process_code(sample, restart_on_fail, last_step, execute, check_last_n_chars=100):
+    """The notebook's process_code; `execute(gen_text)` stands for postprocess_completion's output."""
+    gen_text = sample["gen_texts"]
+    num_python_blocks = len(re.findall(r"```python(.*?)```", gen_text, re.DOTALL))
+    region_to_check = gen_text[-check_last_n_chars:]
+    if num_python_blocks == 0:
+        if restart_on_fail:
+            sample["gen_texts"] = sample["text"]
+        else:
+            sample["should_prune"] = True
+            sample["has_code"] = False
+        return sample
+    if not gen_text.endswith("```output\n") and ("answer is" in region_to_check or "\\boxed" in region_to_check):
+        num_output_blocks = len(re.findall(r"```output(.*?)```", gen_text, re.DOTALL))
+        if num_output_blocks == 0:
+            sample["should_prune"] = True
+            return sample
+        if "boxed" in region_to_check:
+            try:
+                answer = normalize_answer(extract_boxed_answer(region_to_check))
+            except Exception:
+                answer = "-1"
+        else:
+            answer = normalize_answer(region_to_check)
+        sample["model_answers"] = answer
+        return sample
+    if last_step:
+        return sample
+    if not gen_text.endswith("```output\n"):
+        if restart_on_fail:
+            sample["gen_texts"] = sample["text"]
+        else:
+            sample["should_prune"] = True
+        return sample
+    code_result = execute(gen_text)
+    truncation_limit = 200
+    if len(code_result) > truncation_limit:
+        code_result = code_result[:truncation_limit] + " ... (output truncated)"
+    sample["gen_texts"] = gen_text + f"{code_result}\n```"
+    return sample
+
+
+def run_candidate(
+    prompt: str,
+    generate: Callable[[int, str], str],
+    execute: Callable[[str], str],
+    num_generations: int,
+    restart_on_fail: bool = True,
+) -> dict:
+    """One candidate through the notebook's loop: `generate(step, gen_text)` is the step's new text."""
+    sample = {"text": prompt, "gen_texts": prompt, "should_prune": False, "model_answers": "-1", "has_code": True}
+    for step in range(num_generations):
+        sample["gen_texts"] += generate(step, sample["gen_texts"])
+        sample = process_code(sample, restart_on_fail, step == num_generations - 1, execute)
+        if sample["should_prune"]:
+            break
+    return sample
