@@ -166,12 +166,12 @@ class LlmSandboxExecutor:
             self.free.put_nowait(session)
 
     async def execute(self, code: str) -> ExecutionResult:
-        from sandbox.program import seed_program
+        from sandbox.program import block_program
 
         session = await self.free.get()
         started = time.monotonic()
         try:
-            output = await asyncio.to_thread(session.run, seed_program(code), timeout=self.timeout_s)
+            output = await asyncio.to_thread(session.run, block_program(code), timeout=self.timeout_s)
             status = ExecutionStatus.OK if output.exit_code == 0 else ExecutionStatus.ERROR
             return ExecutionResult(status, output.stdout or "", output.stderr or "", time.monotonic() - started)
         except Exception as error:  # llm-sandbox raises on timeouts

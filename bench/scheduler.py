@@ -1,7 +1,7 @@
-"""Scheduling benchmark: this service's async pipeline versus the seed's step barrier.
+"""Scheduling benchmark: this service's async pipeline versus the reference's step barrier.
 
 One engine (vLLM in-process on CPU), one executor (the Docker sandbox pool), the same problems
-and seeds, N=48, M=4, in one run. The baseline is bench/seed_baseline.py: every step waits for
+and seeds, N=48, M=4, in one run. The baseline is bench/reference_schedule.py: every step waits for
 the slowest candidate, then all code runs, then the next step. The pipeline (service.solver)
 lets every candidate go on as soon as its own code has run.
 
@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.constrained import ConstrainedVllmEngine, varying_tir_regex
-from bench.seed_baseline import solve_with_step_barrier
+from bench.reference_schedule import solve_with_step_barrier
 from sandbox.pool import DockerExecutor
 from service.answers import AnswerMode
 from service.engines.base import StepRequest, StepResult

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
-from sandbox.program import PREAMBLE_LINES, seed_program, trim_traceback
+from sandbox.program import PREAMBLE_LINES, block_program, trim_traceback
 
 
 def _seconds(value: float) -> str:
@@ -114,7 +114,7 @@ class SeedExecutor:
             path = os.path.join(workdir, "tmp.py")
             # surrogatepass: a lone surrogate becomes Python's own decode error, not ours.
             with open(path, "w", encoding="utf-8", errors="surrogatepass") as file:
-                file.write(seed_program(code))
+                file.write(block_program(code))
             try:
                 proc = await asyncio.create_subprocess_exec(
                     self.python,

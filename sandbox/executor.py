@@ -1,6 +1,6 @@
 """The Executor protocol: run one model-written Python block.
 
-`last_block` executions (the seed's) run each block alone in a fresh
+`last_block` executions (the reference's) run each block alone in a fresh
 namespace with the numpy/sympy preamble; `session` executions share the
 state of earlier blocks with the same session id (one per candidate).
 Every failure mode of the code itself (exception, timeout, crash) is an

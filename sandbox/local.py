@@ -25,7 +25,7 @@ class LocalExecutor(SandboxPool):
     One runner process (`python runner.py`) serves every block: it imports
     numpy and sympy once in a zygote process and forks a spare per execution
     ahead of demand. `last_block` (no session id): each block runs in a
-    fresh forked interpreter exactly as the seed's `python tmp.py` would
+    fresh forked interpreter exactly as the reference's `python tmp.py` would
     (the preamble, auto-print, stdout/stderr, the trimmed traceback, the exit
     status) in a new temp dir; when it ends, its process group and any
     process it left behind are killed. `session` (a session id): the first

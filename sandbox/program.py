@@ -1,13 +1,13 @@
 """How a model-written block becomes a program, and how its failure is reported.
 
-This is the seed's code preparation (the AIMO Progress Prize 1 winning
+This is the reference's code preparation (the AIMO Progress Prize 1 winning
 notebook's `PythonREPL`), as pure functions, plus the notebook-like
 `Session` of the `session` execution mode. The module is stdlib-only on
 purpose: the runner (sandbox/runner.py) imports it in every interpreter
 that executes model code, e.g. inside the sandbox image next to the runner,
 where there is nothing but python3 and the math packages.
 
-The seed, for each block:
+The reference, for each block:
 
     query = "import math\\nimport numpy as np\\nimport sympy as sp\\n" + query
     query = query.strip().split("\\n")
@@ -36,9 +36,9 @@ SESSION_FILENAME = "<block>"
 
 
 def with_auto_print(code: str) -> str:
-    """Print the value of the block's last line, as the seed does, without breaking valid code.
+    """Print the value of the block's last line, as the reference does, without breaking valid code.
 
-    The seed wraps the last line in `print(...)` whenever that line does not
+    The reference wraps the last line in `print(...)` whenever that line does not
     contain "print(" (cutting a trailing comment first), so a block ending in
     an expression shows its value like a notebook cell. Done textually it
     breaks valid code: `x = 1` becomes `print(x = 1)` (a TypeError), a last
@@ -51,22 +51,22 @@ def with_auto_print(code: str) -> str:
 
     Deviation: we decide with `ast`. We wrap only when the last top-level
     statement is an expression statement that ends on the last line (trailing
-    whitespace ignored, as the seed's `strip()` does), and wrap exactly that
+    whitespace ignored, as the reference's `strip()` does), and wrap exactly that
     expression (by its column offsets, so a trailing comment, `a; b` and a
     multi-line expression all stay valid). We do not wrap when the last line
     is comment-only, when the statement is not an expression (assignment,
     import, def, for, if, return, pass...), when it is already a `print(...)`
-    call, or when the last line contains "print(" at all (the seed's own
+    call, or when the last line contains "print(" at all (the reference's own
     rule: `[print(i) for i in r]` is not wrapped, so no extra `[None, ...]`).
     Code that does not parse is returned unchanged, so Python reports the
-    SyntaxError itself. In every case where the seed's rewrite was valid
+    SyntaxError itself. In every case where the reference's rewrite was valid
     Python, the result prints the same thing; that includes a bare tuple,
     `a, b` -> `print(a, b)`, which prints "1 2" rather than "(1, 2)".
     """
     code = code.replace("\r\n", "\n").replace("\r", "\n")
     stripped = code.rstrip()
     if "print(" in stripped[stripped.rfind("\n") + 1 :]:
-        return code  # the seed's own rule, checked before parsing: most model blocks end in a print
+        return code  # the reference's own rule, checked before parsing: most model blocks end in a print
     try:
         tree = ast.parse(code)
     except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError...
@@ -94,20 +94,20 @@ def with_auto_print(code: str) -> str:
     return "\n".join(lines)
 
 
-def seed_program(code: str) -> str:
+def block_program(code: str) -> str:
     """The whole program of a `last_block` execution: the preamble, then the block."""
     return PREAMBLE + with_auto_print(code)
 
 
 def trim_traceback(stderr: str, filename: str, line_offset: int = 0) -> str:
-    """The seed's traceback trimming, minus its path-removal bug.
+    """The reference's traceback trimming, minus its path-removal bug.
 
-    Kept, as in the seed: every line containing "Traceback", every line that
+    Kept, as in the reference: every line containing "Traceback", every line that
     mentions `filename` plus the line right after it (the source line), and
     the last line (the exception message). Everything else (frames inside
     numpy/sympy, the `~~~^^^` markers of Python 3.11+) is dropped.
 
-    The seed meant to strip the path from `  File "/tmp/x/tmp.py", line 3, in
+    The reference meant to strip the path from `  File "/tmp/x/tmp.py", line 3, in
     <module>` but its slicing blanks the whole line; here it reads
     `  line 3, in <module>`. `line_offset` is subtracted from the line
     numbers of `filename` (pass the preamble's length, so the model sees the
@@ -202,7 +202,7 @@ class Session:
     `run(code)` executes `code` as given (the caller applies `with_auto_print`)
     with sys.stdout/sys.stderr captured in memory up to `cap` characters, and
     returns {"ok": bool, "stdout": str, "error": str, "truncated": bool}; the
-    error of a raised block is the seed-style trimmed traceback, with frames
+    error of a raised block is the reference-style trimmed traceback, with frames
     of every block of the session named SESSION_FILENAME (a function defined
     in an earlier block keeps its frame). Output written around sys.stdout
     (os.write(1, ...), child processes) is not captured: the runner points

@@ -16,8 +16,8 @@ Processes (all the same unprivileged user):
 
 An execution hands the block to a waiting spare, which runs it at once: the
 fork, the imports and the per-process set-up are all off the critical path.
-`last_block` spares run one block as the seed's `python3 tmp.py` would (the
-preamble, auto-print, stdout/stderr on pipes, the seed's trimmed traceback,
+`last_block` spares run one block as the reference's `python3 tmp.py` would (the
+preamble, auto-print, stdout/stderr on pipes, the reference's trimmed traceback,
 the exit status) and exit; a `session` spare keeps its namespace and serves
 the candidate's later blocks. Since spares come from the zygote, whose memory
 never held request data, no candidate can find another's code or output in
@@ -146,7 +146,7 @@ np.arange(10).sum(); np.linalg.det(np.eye(3)); np.array([1.5]).round(); math.gcd
 
 
 def _seconds(value: float) -> str:
-    """5.0 -> "5", 1.5 -> "1.5" (the seed prints its int timeout)."""
+    """5.0 -> "5", 1.5 -> "1.5" (the reference prints its int timeout)."""
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
@@ -548,7 +548,7 @@ def _spare_main(ctrl: socket.socket, opts: argparse.Namespace) -> None:
             sys.stdin = sys.__stdin__ = _stdio(0, "r", "strict")
             sys.stdout = sys.__stdout__ = _stdio(1, "w", "strict")
             sys.stderr = sys.__stderr__ = _stdio(2, "w", "backslashreplace", line_buffering=True)
-        compile(program.seed_program("x = [1, 2.5, 'a']\nx"), "<warm>", "exec", dont_inherit=True)
+        compile(program.block_program("x = [1, 2.5, 'a']\nx"), "<warm>", "exec", dont_inherit=True)
         job = _read_job(3)
         if job is None:  # the hub closed our job pipe: retired
             shutil.rmtree(workdir, ignore_errors=True)
@@ -676,11 +676,11 @@ def _fresh_main(filename: str | None):
 def _block_main(job: dict, workdir: str, filename: str, main) -> None:
     """Run one block as `python3 tmp.py` would: preamble, auto-print, real fds, exit status."""
     _limit_cpu(job, sessions=False)
-    source = program.seed_program(job["code"])
-    # Compiled from the bytes the seed would write to tmp.py, so that encodings, NUL bytes and
-    # coding cookies fail or pass exactly as the seed's `python3 tmp.py` does.
+    source = program.block_program(job["code"])
+    # Compiled from the bytes the reference would write to tmp.py, so that encodings, NUL bytes and
+    # coding cookies fail or pass exactly as the reference's `python3 tmp.py` does.
     data = source.encode("utf-8", "surrogatepass")
-    try:  # on disk, as the seed's: the interpreter's traceback printer reads source lines from the file
+    try:  # on disk, as the reference's: the interpreter's traceback printer reads source lines from the file
         # A new file in a new directory; never through a link someone placed there.
         fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -1280,7 +1280,7 @@ class Hub:
             self._kill_run(run, "killed", f"The block corrupted its result channel.{note}")
         else:
             if proc.session is not None and self.sessions.get(proc.session) is proc:
-                del self.sessions[proc.session]  # its next block starts afresh, and is told so
+                del self.sessions[proc.session]  # its next block starts in a fresh process
                 proc.session = None
             self._kill_proc(proc)
 
@@ -1387,7 +1387,7 @@ class Hub:
                 self._kill_run(run, "timeout", f"Timed out after {_seconds(run.timeout)} seconds.", stdout)
 
     def _finish_block(self, run: Run, rc: int | None = None, status: int | None = None) -> None:
-        """The seed's outcome of a process-per-block run (exit code or wait status, stdout, stderr)."""
+        """The reference's outcome of a process-per-block run (exit code or wait status, stdout, stderr)."""
         stdout = run.out.decode("utf-8", errors="replace")
         cap = run.cap
         if rc is None and status is not None:

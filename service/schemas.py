@@ -42,7 +42,7 @@ class SolveRequest(BaseModel):
         None, description="aimo: integer mod 1000 (the competition rule); integer; expression: symbolic."
     )
     execution_mode: Literal["last_block", "session"] | None = Field(
-        None, description="last_block: each block alone (the seed's); session: blocks share state."
+        None, description="last_block: each block alone (the reference's); session: blocks share state."
     )
     deadline_s: float | None = Field(
         None,

@@ -3,7 +3,7 @@
 Each candidate runs its own async loop (generate, then execute its last
 code block, then generate again), so a candidate that is executing never
 holds back one that is generating; the engine batches whatever is in
-flight. The step rules are the seed's (see service.tir). Beyond the seed:
+flight. The step rules are the reference's (see service.tir). Beyond the reference:
 early stopping once the leader is unbeatable, a per-request deadline, and
 results that are a function of the seed alone (per-candidate seeds; the
 final vote counts candidates in index order, not in finish order).
@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 
 
 class ExecutionMode(StrEnum):
-    LAST_BLOCK = "last_block"  # the seed's: each block runs alone with the preamble
+    LAST_BLOCK = "last_block"  # the reference's: each block runs alone with the preamble
     SESSION = "session"  # a candidate's blocks share one interpreter's state
 
 
 class CandidateStatus(StrEnum):
     ANSWERED = "answered"  # finished with an answer (it may still be invalid for the mode)
-    PRUNED = "pruned"  # dropped by a seed rule (no code, hallucinated output, stalled)
+    PRUNED = "pruned"  # dropped by a reference rule (no code, hallucinated output, stalled)
     RESTARTED = "restarted"  # restarted from the prompt and ran out of steps before answering
     EXHAUSTED = "exhausted"  # used every step without giving an answer
     CANCELLED = "cancelled"  # stopped by early stopping, the deadline or a disconnect
@@ -81,7 +81,7 @@ class SolveConfig:
 
 
 class Action(StrEnum):
-    """What a candidate needs next, after the seed's rules judged its last step."""
+    """What a candidate needs next, after the reference's rules judged its last step."""
 
     EXECUTE = "execute"  # run the last code block, then generate again
     GENERATE = "generate"  # restarted from the prompt: generate again
@@ -91,9 +91,9 @@ class Action(StrEnum):
 
 @dataclass
 class Candidate:
-    """One SC-TIR sample: its text so far and the seed's step rules applied to it.
+    """One SC-TIR sample: its text so far and the reference's step rules applied to it.
 
-    The scheduling (async loop per candidate, or the seed's step barrier in
+    The scheduling (async loop per candidate, or the reference's step barrier in
     bench/) is the caller's; the text a candidate produces depends only on
     its seed and what the engine and the executor return.
     """

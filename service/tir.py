@@ -38,7 +38,7 @@ def has_code(completion: str) -> bool:
 
 
 def last_code_block(completion: str) -> str | None:
-    """The last complete ```python block, the one the seed executes."""
+    """The last complete ```python block, the one the reference executes."""
     blocks = CODE_BLOCK.findall(completion)
     return blocks[-1] if blocks else None
 

@@ -1,4 +1,4 @@
-"""LocalExecutor and the seed's code preparation, with real subprocesses (no mocks)."""
+"""LocalExecutor and the reference's code preparation, with real subprocesses (no mocks)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.executor import ExecutionStatus, Executor
 from sandbox.local import LocalExecutor
-from sandbox.program import PREAMBLE, seed_program, trim_traceback, with_auto_print
+from sandbox.program import PREAMBLE, block_program, trim_traceback, with_auto_print
 
 CAP = 64 * 1024
 
@@ -83,7 +83,7 @@ async def fast_timeout():
         ("f(1,\n  2)", "print(f(1,\n  2))"),
         ("s = 'é'\ns + '#'", "s = 'é'\nprint(s + '#')"),
         ("'é' + 'ü'  # ñ", "print('é' + 'ü')  # ñ"),
-        ("a, b", "print(a, b)"),  # as the seed: prints "1 2", not "(1, 2)"
+        ("a, b", "print(a, b)"),  # as the reference: prints "1 2", not "(1, 2)"
     ],
 )
 def test_auto_print_wraps_the_last_expression(code: str, expected: str) -> None:
@@ -102,7 +102,7 @@ def test_auto_print_wraps_the_last_expression(code: str, expected: str) -> None:
         "pass",
         "x = 1\n# done",
         "print(1)",
-        "[print(i) for i in range(3)]",  # the seed's own rule: "print(" on the last line
+        "[print(i) for i in range(3)]",  # the reference's own rule: "print(" on the last line
         "x = = 1",  # no parse: left for Python to report
         "",
     ],
@@ -111,11 +111,11 @@ def test_auto_print_leaves_statements_alone(code: str) -> None:
     assert with_auto_print(code) == code
 
 
-def test_seed_program_prepends_the_preamble() -> None:
-    assert seed_program("1 + 1") == PREAMBLE + "print(1 + 1)"
+def test_block_program_prepends_the_preamble() -> None:
+    assert block_program("1 + 1") == PREAMBLE + "print(1 + 1)"
 
 
-def test_trim_traceback_keeps_the_seed_lines_without_the_path() -> None:
+def test_trim_traceback_keeps_the_reference_lines_without_the_path() -> None:
     path = "/tmp/sctir-abc123/tmp.py"
     stderr = (
         "Traceback (most recent call last):\n"
@@ -177,8 +177,8 @@ async def test_an_interpreter_without_numpy_is_not_ready(tmp_path: Path) -> None
     [
         ("x = 6*7\nx", "42"),
         ("x = 6*7\nx  # the answer", "42"),
-        ("x = 6*7", ""),  # the seed would run print(x = 6*7): a TypeError
-        ("x = 3\nif x > 2:\n    x", ""),  # the seed: print(    x), an IndentationError
+        ("x = 6*7", ""),  # the reference would run print(x = 6*7): a TypeError
+        ("x = 3\nif x > 2:\n    x", ""),  # the reference: print(    x), an IndentationError
         ("sp.factorint(360)", "{2: 3, 3: 2, 5: 1}"),
         ("int(np.sum(np.arange(10))) + math.factorial(3)", "51"),
         ("print('hi')\n'done'", "hi\ndone"),
@@ -347,7 +347,7 @@ async def test_session_state_persists_and_sessions_are_separate(executor: LocalE
     result = await executor.execute("a * b", session_id="cand-1")
     assert (result.status, result.stdout) == (ExecutionStatus.OK, "42\n")
     result = await executor.execute("sp.isprime(a * b + 1), np.int64(a)", session_id="cand-1")
-    assert result.stdout.strip() == "True 6"  # print(x, y), as the seed's rewrite does
+    assert result.stdout.strip() == "True 6"  # print(x, y), as the reference's rewrite does
 
     other = await executor.execute("a", session_id="cand-2")
     assert other.status is ExecutionStatus.ERROR

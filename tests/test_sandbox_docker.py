@@ -435,7 +435,7 @@ async def test_segfault_and_exit(pool: DockerExecutor) -> None:
     result = await pool.execute("import ctypes\nctypes.string_at(0)")
     assert (result.status, result.error) == (ExecutionStatus.KILLED, "Killed by SIGSEGV."), result
     result = await pool.execute("import os\nprint('lost in the buffer')\nos._exit(0)")
-    assert (result.status, result.stdout) == (ExecutionStatus.OK, ""), result  # the seed's too: not flushed
+    assert (result.status, result.stdout) == (ExecutionStatus.OK, ""), result  # the reference's too: not flushed
     result = await pool.execute("import os\nos._exit(7)")
     assert (result.status, result.error) == (ExecutionStatus.ERROR, "Exited with code 7."), result
     await healthy(pool)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bench.seed_baseline import solve_with_step_barrier
+from bench.reference_schedule import solve_with_step_barrier
 from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
 from service.engines.base import EngineError

@@ -1,4 +1,4 @@
-"""The seed's schedule, reimplemented faithfully as the baseline of the benchmarks.
+"""The reference's schedule, reimplemented faithfully as the baseline of the benchmarks.
 
 The winning Kaggle notebook advanced all candidates in lock step: one
 batched generate call per step for every live candidate, then the code of
