@@ -20,8 +20,8 @@ reference wraps the last line in print() textually, we decide with `ast`;
 compared as ASTs), exit status (one failed, the other did not), cap (the
 first 200 characters agree: the texts differ only in the truncation), traceback
 (both failed, the texts differ), other (both succeeded, the stdout differs).
-The closing fence is compared apart: the notebook appends "\\n```", the
-service "\\n```\\n".
+The closing fence is part of the compared text (the notebook appends
+"\\n```", no newline after it).
 
     python -m bench.feedback_fidelity [--write] [--limit N]
 """
@@ -47,7 +47,6 @@ from bench.reference_executor import (
     ReferenceExecutor,
     reference_output_block,
     reference_program,
-    reference_truncate,
 )
 from bench.sandbox import TRACES, data_dir
 from sandbox.executor import ExecutionResult, ExecutionStatus
@@ -99,9 +98,9 @@ def wrapping_differs(code: str) -> bool:
 
     Both unparsable counts as the same program (both report a SyntaxError).
     """
-    from sandbox.program import seed_program  # our runner's preparation, the thing under test
+    from sandbox.program import block_program  # our runner's preparation, the thing under test
 
-    return _tree(reference_program(code)) != _tree(seed_program(code))
+    return _tree(reference_program(code)) != _tree(block_program(code))
 
 
 @dataclass
@@ -117,12 +116,11 @@ class Outcome:
     ours_timed_out: bool = False
 
 
-def our_text(feedback: str) -> str:
-    """The text our service writes after the output marker, without its closing fence."""
+def our_block(feedback: str) -> str:
+    """The text our service writes after the output marker (the capped feedback and the closing fence)."""
     from service.tir import output_block
 
-    block = output_block(feedback)
-    return block.removesuffix("\n```\n")
+    return output_block(feedback)
 
 
 def classify(sample: Sample, reference: ExecutionResult, ours: ExecutionResult) -> Outcome:
@@ -132,7 +130,7 @@ def classify(sample: Sample, reference: ExecutionResult, ours: ExecutionResult) 
     outcome = Outcome(sample, "", ref_text, our_raw, ref_failed, our_failed)
     outcome.reference_timed_out = reference.status is ExecutionStatus.TIMEOUT
     outcome.ours_timed_out = ours.status is ExecutionStatus.TIMEOUT
-    if reference_truncate(ref_text) == our_text(our_raw):
+    if reference_output_block(ref_text) == our_block(our_raw):
         outcome.kind = "identical"
         outcome.only_past_cap = ref_text != our_raw
     elif wrapping_differs(sample.code):
@@ -241,9 +239,9 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
         f"Blocks whose last line the reference wraps in print() (no `print(` on it): {wrapped} of {total}. "
         f"Failed (error, timeout or signal): reference {ref_failed} ({ref_timeouts} timeouts), ours {our_failed} "
         f"({our_timeouts} timeouts). {past_cap} of the identical blocks are identical only thanks to the cap "
-        "(their full texts differ past 200 characters). Not counted above: the closing fence, which differs on "
-        'every block: after the text the notebook appends `` "\\n```" `` and lets the model write the newline, '
-        'the service appends `` "\\n```\\n" ``.',
+        "(their full texts differ past 200 characters). The closing fence is part of the compared text: "
+        f"the notebook's `` {json.dumps(reference_output_block(''))} ``, the service's "
+        f"`` {json.dumps(our_block(''))} ``.",
         "",
         "Examples (texts before the cap, one line, escapes shown; code: the block's last line):",
     ]
@@ -294,6 +292,7 @@ async def main(args: argparse.Namespace) -> int:
         console.print(f"[yellow]no {', '.join(missing)} in {root} (set SCTIR_DATA_DIR): nothing to measure")
         return 0
     samples = load_samples(root)
+    wrapping_differs("x")  # fail now, not after the runs, if our preparation's name moved
     if args.limit:
         samples = samples[: args.limit]
     timeout_s, max_output_bytes = service_defaults()
@@ -335,7 +334,8 @@ async def main(args: argparse.Namespace) -> int:
             console.print(f"  ours:      {_short(o.ours, 150)}", highlight=False, markup=False)
 
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-    command = ("python -m bench.feedback_fidelity " + " ".join(sys.argv[1:])).strip()
+    argv = " ".join(sys.argv[1:]).replace(f"--json {args.json}", "").split()  # --json changes nothing measured
+    command = " ".join(["python -m bench.feedback_fidelity", *argv])
     text = markdown(outcomes, command, machine, timeout_s, seconds)
     if args.write:
         write_section(text)

@@ -1,8 +1,8 @@
-"""Code execution: the Docker sandbox pool vs the seed's executor (vs llm-sandbox), on real model code.
+"""Code execution: the Docker sandbox pool vs the reference's executor (vs llm-sandbox), on real model code.
 
 The blocks are the ```python blocks that ToRA-70B wrote for GSM8K
 (../shared/data/tora70b_gsm8k_traces.jsonl, or $SCTIR_DATA_DIR), each run
-the seed's way (`last_block`: the numpy/sympy preamble, auto-print). In one
+the reference's way (`last_block`: the numpy/sympy preamble, auto-print). In one
 run, on the same blocks and machine, for each executor:
 
 - concurrency 1: the blocks one after another (a closed loop), latency of each;
@@ -11,8 +11,8 @@ run, on the same blocks and machine, for each executor:
   trace recorded (whitespace-normalised; see `outcome_matches`).
 
 Executors: `pool` (sandbox.pool.DockerExecutor: warm hardened containers with the
-forking runner), `seed` (bench.seed_executor: a fresh `python3 tmp.py` per block,
-as the winning notebook does), and `llm-sandbox` (the peer Docker sandbox library
+forking runner), `reference` (bench.reference_executor: the winning notebook's REPL, a fresh
+`python3 tmp.py` per block), and `llm-sandbox` (the peer Docker sandbox library
 on PyPI, on the same image, when it is installed). Prints a table and, with
 --write, replaces this benchmark's section of BENCHMARKS.md.
 
@@ -243,10 +243,10 @@ async def make_executor(name: str, args: argparse.Namespace) -> tuple[list[Mode]
         requests = RequestAfterRequest(executor, every)
         modes.append((f"{name} (a request per {every} blocks)", 1, 0.0, requests.execute, requests.before))
         return modes, executor.close, executor
-    if name == "seed":
-        from bench.seed_executor import SeedExecutor
+    if name == "reference":
+        from bench.reference_executor import ReferenceExecutor
 
-        executor = SeedExecutor(timeout_s=args.timeout, concurrency=args.concurrency)
+        executor = ReferenceExecutor(timeout_s=args.timeout, concurrency=args.concurrency)
     elif name == "llm-sandbox":
         executor = await asyncio.to_thread(LlmSandboxExecutor, args.image, args.concurrency, args.timeout)
     else:
@@ -278,16 +278,16 @@ def _ratio(value: float) -> str:
 def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, pool_note: str) -> str:
     lines = [
         SECTION_START,
-        "## Code execution: sandbox pool vs the seed's executor (bench/sandbox.py)",
+        "## Code execution: sandbox pool vs the reference's executor (bench/sandbox.py)",
         "",
         f"Command: `{command}`",
         "",
-        f"{blocks} real ```python blocks written by ToRA-70B for GSM8K, run the seed's way (preamble, auto-print), "
+        f"{blocks} real ```python blocks written by ToRA-70B for GSM8K, run the reference's way (preamble, auto-print), "
         f"each executor on the same blocks in one run. Machine: {machine}. Latency: per execution, as the caller "
-        "sees it (closed loop); ratios are the seed's value over this row's (higher is better). Fidelity: share of "
+        "sees it (closed loop); ratios are the reference's value over this row's (higher is better). Fidelity: share of "
         "blocks whose output matches the output block recorded in the trace.",
         "",
-        "| executor | concurrency | p50 latency | p95 latency | executions/s | p50 vs seed | throughput vs seed "
+        "| executor | concurrency | p50 latency | p95 latency | executions/s | p50 vs reference | throughput vs reference "
         "| fidelity |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -307,9 +307,9 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         "behind that work (and behind whatever else runs on the machine); blocks that arrive with pauses see "
         "the paced row's latency.",
     ]
-    seed = {row["concurrency"]: row for row in rows if row["executor"] == "seed"}
+    reference = {row["concurrency"]: row for row in rows if row["executor"] == "reference"}
     for row in rows:
-        base = seed.get(row["concurrency"])
+        base = reference.get(row["concurrency"])
         paced = "apart" in row["executor"] or "request per" in row["executor"]  # waits in its wall time
         p50_ratio = _ratio(base["p50_ms"] / row["p50_ms"]) if base else "-"
         tput_ratio = _ratio(row["throughput"] / base["throughput"]) if base and not paced else "-"
@@ -416,8 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--executors",
         nargs="+",
-        default=["pool", "pool-unconfined", "seed", "llm-sandbox"],
-        choices=["pool", "pool-unconfined", "seed", "llm-sandbox"],
+        default=["pool", "pool-unconfined", "reference", "llm-sandbox"],
+        choices=["pool", "pool-unconfined", "reference", "llm-sandbox"],
     )
     parser.add_argument("--image", default=os.environ.get("SCTIR_DOCKER_IMAGE", "sctir-sandbox:latest"))
     parser.add_argument("--pool-size", type=int, default=2, help="warm containers kept ready")

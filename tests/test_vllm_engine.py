@@ -30,7 +30,7 @@ from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
 from service.api import create_app
 from service.components import make_engine
-from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
+from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.engines.vllm_local import VllmEngine, VllmOptions
 from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
@@ -325,7 +325,8 @@ async def test_duplicate_in_flight_id_is_rejected(engine: VllmEngine, tiny_model
 
 @module_loop
 async def test_too_long_prompt_is_an_engine_error(engine: VllmEngine) -> None:
-    with pytest.raises(EngineError, match="maximum context length"):
+    # ContextExhausted: the solver treats it as the reference's empty step (restart), not a failure
+    with pytest.raises(ContextExhausted, match="maximum context length"):
         await engine.complete(step("1 " * TINY_MAX_MODEL_LEN, "too-long"))
     assert await engine.ready()
 

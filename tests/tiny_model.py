@@ -215,7 +215,8 @@ CODE_STEP_REGEX = (
     PROSE + r"\n```python\nprint\([1-9][0-9]{0,2}( [+*] [1-9][0-9]?)?\)\n```\n"
     r"```output\n[0-9]{1,4}\n```\n"  # the model's own (hallucinated) output: cut by the stop string
 )
-ANSWER_STEP_REGEX = PROSE + r" The answer is \$\\boxed\{[0-9]{1,3}\}\$\."
+# After an executed block the service's text ends at the closing fence: the model writes the newline.
+ANSWER_STEP_REGEX = r"\n" + PROSE + r" The answer is \$\\boxed\{[0-9]{1,3}\}\$\."
 
 
 def tir_regex(prompt: str) -> str:
