@@ -282,13 +282,13 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         "",
         f"Command: `{command}`",
         "",
-        f"{blocks} real ```python blocks written by ToRA-70B for GSM8K, run the reference's way (preamble, auto-print), "
-        f"each executor on the same blocks in one run. Machine: {machine}. Latency: per execution, as the caller "
-        "sees it (closed loop); ratios are the reference's value over this row's (higher is better). Fidelity: share of "
-        "blocks whose output matches the output block recorded in the trace.",
+        f"{blocks} real ```python blocks written by ToRA-70B for GSM8K, run the reference's way (preamble, "
+        f"auto-print), each executor on the same blocks in one run. Machine: {machine}. Latency: per execution, as "
+        "the caller sees it (closed loop); ratios are the reference's value over this row's (higher is better). "
+        "Fidelity: share of blocks whose output matches the output block recorded in the trace.",
         "",
-        "| executor | concurrency | p50 latency | p95 latency | executions/s | p50 vs reference | throughput vs reference "
-        "| fidelity |",
+        "| executor | concurrency | p50 latency | p95 latency | executions/s | p50 vs reference "
+        "| throughput vs reference | fidelity |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = [
