@@ -108,8 +108,8 @@ def trim_traceback(stderr: str, filename: str, line_offset: int = 0) -> str:
     numpy/sympy, the `~~~^^^` markers of Python 3.11+) is dropped.
 
     The reference meant to strip the path from `  File "/tmp/x/tmp.py", line 3, in
-    <module>` but its slicing blanks the whole line; here it reads
-    `  line 3, in <module>`. `line_offset` is subtracted from the line
+    <module>` but its slicing cuts everything from the path on, leaving `  File "`;
+    here it reads `  line 3, in <module>`. `line_offset` is subtracted from the line
     numbers of `filename` (pass the preamble's length, so the model sees the
     line numbers of its own block). Any other mention of `filename` (e.g. a
     warning's `/tmp/x/tmp.py:4:`) loses its directory part.
