@@ -48,10 +48,9 @@ from bench.reference_executor import (
     reference_output_block,
     reference_program,
 )
-from bench.sandbox import TRACES, data_dir
+from bench.sandbox import TRACES, data_dir, write_section
 from sandbox.executor import ExecutionResult, ExecutionStatus
 
-ROOT = Path(__file__).resolve().parents[1]
 CORPUS = "tora_corpus_examples.jsonl"
 NOTEBOOK_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)  # execute_completion's regex
 SECTION_START = "<!-- bench/feedback_fidelity.py: start -->"
@@ -257,17 +256,6 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
             )
     lines.append(SECTION_END)
     return "\n".join(lines)
-
-
-def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n\nEach table says the command that produced it.\n"
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        current = head + text + tail
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(current)
 
 
 def service_defaults() -> tuple[float, int]:

@@ -323,10 +323,12 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
 
 
 def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Replace a benchmark's section of BENCHMARKS.md (its first and last lines are its markers), or append it."""
+    start, end = text.split("\n", 1)[0], text.rsplit("\n", 1)[-1]
     current = path.read_text() if path.exists() else "# Benchmarks\n\nEach table says the command that produced it.\n"
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        _, tail = rest.split(end, 1)
         current = head + text + tail
     else:
         current = current.rstrip("\n") + "\n\n" + text + "\n"

@@ -1,23 +1,17 @@
 """How a model-written block becomes a program, and how its failure is reported.
 
-This is the reference's code preparation (the AIMO Progress Prize 1 winning
-notebook's `PythonREPL`), as pure functions, plus the notebook-like
+This is the code preparation of the reference (the AIMO Progress Prize 1 winning
+notebook's `PythonREPL`), as we run it, as pure functions, plus the notebook-like
 `Session` of the `session` execution mode. The module is stdlib-only on
 purpose: the runner (sandbox/runner.py) imports it in every interpreter
 that executes model code, e.g. inside the sandbox image next to the runner,
 where there is nothing but python3 and the math packages.
 
-The reference, for each block:
-
-    query = "import math\\nimport numpy as np\\nimport sympy as sp\\n" + query
-    query = query.strip().split("\\n")
-    if "print(" not in query[-1]:
-        if "#" in query[-1]:
-            query[-1] = query[-1].split("#")[0]
-        query[-1] = "print(" + query[-1] + ")"
-    query = "\\n".join(query)
-
-then runs it with `python3 tmp.py` and, on failure, trims the traceback.
+The reference prepends the preamble, wraps the last line in `print(...)`
+textually, runs `python3 tmp.py` and, on failure, filters the traceback
+(bench/reference_executor.py reimplements it exactly, to measure against);
+here the preamble is the same and the last line is printed when `ast` says
+it is an expression (`with_auto_print`).
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ import pytest
 from bench.reference_notebook import filter_answers, get_majority_vote, process_answer, run_candidate
 from service.answers import AnswerMode, normalize, read_answer, tally
 from service.engines.base import ContextExhausted, StepRequest, StepResult
-from service.solver import Action, Candidate, CandidateStatus, ExecutionMode, Profile, SolveConfig, Solver
+from service.solver import Action, Candidate, CandidateStatus, Profile, Solver
 from service.tir import OUTPUT_MARKER, StepOutcome, classify_step
 from tests.doubles import ScriptedEngine, parse_request_id
+from tests.test_solver import config
 
 # More than the 100 characters the notebook reads, with a box of its own: an answer read
 # anywhere but in the tail would be 999.
@@ -100,21 +101,6 @@ def test_integer_mode_parses_what_aimo_drops() -> None:
 # -- the step rules --------------------------------------------------------------------------------
 
 
-def config(**overrides) -> SolveConfig:
-    values = dict(
-        num_samples=1,
-        max_steps=3,
-        temperature=0.8,
-        top_p=1.0,
-        max_new_tokens=64,
-        answer_mode=AnswerMode.AIMO,
-        execution_mode=ExecutionMode.LAST_BLOCK,
-        deadline_s=30.0,
-        seed=1,
-    )
-    return SolveConfig(**{**values, **overrides})
-
-
 CODE = "Compute:\n```python\nprint(6 * 7)\n```\n" + OUTPUT_MARKER
 
 
@@ -127,7 +113,7 @@ def executed(candidate: Candidate) -> Candidate:
 
 def test_rule_1_the_last_step_reads_no_answer_outside_the_tail() -> None:
     candidate = executed(Candidate(0, 1))
-    candidate.steps = 3  # the last step
+    candidate.steps = config().max_steps  # the last step
     cut = "\nThe result is $\\boxed{42}$, which we now verify at length. " + "More words without a conclusion. " * 4
     assert candidate.after_step(cut, config()) is Action.DONE
     assert (candidate.status, candidate.answer) == (CandidateStatus.EXHAUSTED, None)
@@ -135,7 +121,7 @@ def test_rule_1_the_last_step_reads_no_answer_outside_the_tail() -> None:
 
 def test_rule_1_an_open_output_block_on_the_last_step_is_no_answer() -> None:
     candidate = executed(Candidate(0, 1))
-    candidate.steps = 3
+    candidate.steps = config().max_steps
     assert candidate.after_step("\nSo the answer is \\boxed{42}.\n```python\nprint(1)\n```\n" + OUTPUT_MARKER, config())
     assert (candidate.status, candidate.answer) == (CandidateStatus.EXHAUSTED, None)
 
