@@ -52,7 +52,7 @@ from training.data import (
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerFast
 
-BUILD_VERSION = 1  # bump when the data, tokenizer or model recipe changes (caches key on it)
+BUILD_VERSION = 2  # bump when the data, tokenizer or model recipe changes (caches key on it)
 HELDOUT_SEED = 2024_11_25  # the evaluation problems; training never sees them
 EOS, PAD = "<|endoftext|>", "<|pad|>"  # Qwen2's names (Qwen2Tokenizer's defaults)
 
@@ -270,13 +270,34 @@ def _loss_mask(offsets: Sequence[tuple[int, int]], completion_start: int, output
     return [start >= completion_start and not (output[0] <= start < output[1]) for start, _ in offsets]
 
 
+def _encode_as_served(tokenizer, spans: list[tuple[str, int, tuple[int, int]]]) -> list[tuple[list[int], list]]:
+    """(token ids, character offsets) of each text, tokenized as the service's prompts are.
+
+    The service's text ends at the output block's closing fence and the model writes the rest, so
+    the prompt is tokenized up to the fence and the model's tokens follow: a tokenizer that merges
+    "```" with the newline after it (Qwen2's pre-tokenizer keeps punctuation and newlines together)
+    would otherwise train on a token the served prompt never ends with.
+    """
+    cuts = [output[1] for _, _, output in spans]
+    heads = tokenizer(
+        [t[:c] for (t, _, _), c in zip(spans, cuts)], add_special_tokens=False, return_offsets_mapping=True
+    )
+    tails = tokenizer(
+        [t[c:] for (t, _, _), c in zip(spans, cuts)], add_special_tokens=False, return_offsets_mapping=True
+    )
+    encoded = []
+    for i, cut in enumerate(cuts):
+        offsets = heads["offset_mapping"][i] + [(a + cut, b + cut) for a, b in tails["offset_mapping"][i]]
+        encoded.append((heads["input_ids"][i] + tails["input_ids"][i], offsets))
+    return encoded
+
+
 def _examples(tokenizer, problems: Iterator[DemoProblem], chunk: int = 256) -> Iterator[tuple[list[int], list[bool]]]:
     """Training texts (the served format, EOS-terminated) as (token ids, in the loss) pairs."""
     eos = tokenizer.eos_token_id
     while True:
         spans = [_scored_spans(p) for p in (next(problems) for _ in range(chunk))]
-        encoded = tokenizer([text for text, _, _ in spans], add_special_tokens=False, return_offsets_mapping=True)
-        for ids, offsets, (_, completion_start, output) in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
+        for (ids, offsets), (_, completion_start, output) in zip(_encode_as_served(tokenizer, spans), spans):
             yield ids + [eos], _loss_mask(offsets, completion_start, output) + [True]
 
 
@@ -325,9 +346,9 @@ def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -
     with torch.no_grad():
         for problem in problems:
             text, completion_start, output = _scored_spans(problem)
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = encoded["input_ids"] + [tokenizer.eos_token_id]
-            offsets = encoded["offset_mapping"] + [(len(text), len(text))]
+            [(ids, offsets)] = _encode_as_served(tokenizer, [(text, completion_start, output)])
+            ids = ids + [tokenizer.eos_token_id]
+            offsets = offsets + [(len(text), len(text))]
             scored = _loss_mask(offsets, completion_start, output)
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
             correct += all(predicted[i - 1] == ids[i] for i in range(1, len(ids)) if scored[i])
