@@ -37,7 +37,7 @@ from math_verify.errors import TimeoutException
 from math_verify.utils import timeout
 from sympy import Basic, Eq, Symbol
 
-from service.tir import TAIL_CHARS
+from service.tir import answer_tail
 
 MATH_VERIFY_TIMEOUT_S = 3
 """Per parse / per comparison bound; pathological LaTeX can make sympy spin for minutes."""
@@ -219,13 +219,13 @@ def _aimo_vote(raw: str) -> str | None:
 
 
 def read_answer(text: str, mode: AnswerMode) -> str | None:
-    """A candidate's answer, read the reference's way from the text's last TAIL_CHARS characters.
+    """A candidate's answer, read the reference's way from its tail (service.tir.answer_tail).
 
     The caller has checked that the tail holds "\\boxed" or "answer is". In `aimo` mode the
     reference's own reading and normalisation (`reference_answer`); in the others, ours on the
     same tail: its last balanced box, else what follows its last "answer is".
     """
-    tail = text[-TAIL_CHARS:]
+    tail = answer_tail(text)
     return reference_answer(tail) if mode is AnswerMode.AIMO else extract_answer(tail)
 
 
