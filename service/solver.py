@@ -241,10 +241,12 @@ class Solver:
         engine: Engine,
         executor: Executor,
         on_execution: Callable[[ExecutionResult, float], None] | None = None,
+        on_candidate: Callable[[Candidate], None] | None = None,
     ) -> None:
         self.engine = engine
         self.executor = executor
         self.on_execution = on_execution  # e.g. metrics; called once per executed block
+        self.on_candidate = on_candidate  # e.g. a progress bar; called once per candidate that finishes
 
     async def solve(self, problem: str, config: SolveConfig, request_id: str) -> SolveResult:
         started = time.monotonic()
@@ -264,6 +266,8 @@ class Solver:
                 log.exception("candidate crashed")
                 candidate.finish(CandidateStatus.FAILED, f"internal: {error!r}")
             running.discard(candidate.index)
+            if self.on_candidate:
+                self.on_candidate(candidate)
             if candidate.answer is not None:
                 live_ballot.add(candidate.index, candidate.answer)
             if config.early_stop and not config.reference and running and live_ballot.is_decided(running):
