@@ -146,3 +146,14 @@ def test_report_artifacts_of_a_partial_run(tmp_path: Path) -> None:
     assert "**incomplete**" in text and "| maj@4 (accuracy) | 33.3% | 28.9% | 0.0% | 50.0% |" in text
     assert "Pooled maj@4x3" in text and "right in some seeds only: 1 (`a`)" in text and "never right: 1 (`b`)" in text
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_pass_at_1_leaves_out_candidates_cancelled_by_early_stopping() -> None:
+    """Early stopping cancelled half the candidates of a unanimous vote: every finished one is right."""
+    stopped = response(["5", "5", None, None], {"5": 2})
+    for candidate in stopped.candidates[2:]:
+        candidate.status = CandidateStatus.CANCELLED
+    record = make_record(Problem("a", "A", "5"), 0, [1], [stopped], INTEGER)
+    assert (record["candidates"], record["judged_candidates"], record["correct_candidates"]) == (4, 2, 2)
+    summary = summarize([record], {"problems": 1, "seeds": 1, "answer_mode": "integer", "overrides": {}})
+    assert summary["maj"]["mean"] == 1.0 and summary["pass_1"]["mean"] == 1.0

@@ -1,8 +1,9 @@
 """The numbers of a run, from its records.
 
 Per seed: maj@N (the accuracy of the SC-TIR answer, i.e. of the majority vote of the N candidates),
-pass@N (some candidate's answer is right), pass@1 (the share of candidates that are right, so the
-mean single-sample accuracy), answered share, agreement, time and tokens. Over seeds: mean and
+pass@N (some candidate's answer is right), pass@1 (the share of finished candidates that are right,
+so the mean single-sample accuracy; candidates cancelled by early stopping or the deadline never
+answered and are left out), answered share, agreement, time and tokens. Over seeds: mean and
 sample standard deviation (ddof 1; 0 with one seed). Pooled maj: the vote of every seed's
 candidates of a problem together (K x N). Agreement (winning votes / valid votes) is averaged
 separately over right and wrong answers: a useful confidence signal when right answers agree more.
@@ -40,7 +41,8 @@ def seed_metrics(records: list[Record]) -> dict[str, Any]:
         "maj": sum(r["correct"] for r in records) / n if n else 0.0,
         "pass_any": sum(r["pass"] for r in records) / n if n else 0.0,
         "pass_1": statistics.fmean(
-            r["correct_candidates"] / r["candidates"] if r["candidates"] else 0.0 for r in records
+            r["correct_candidates"] / judged if (judged := r.get("judged_candidates", r["candidates"])) else 0.0
+            for r in records
         )
         if n
         else 0.0,

@@ -59,7 +59,7 @@ def markdown(manifest: dict[str, Any], summary: dict[str, Any], records: list[Re
         "| metric | mean | std | min | max |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for key, label in (("maj", f"maj@{n} (accuracy)"), ("pass_any", f"pass@{n}"), ("pass_1", "pass@1")):
+    for key, label in (("maj", f"maj@{n} (accuracy)"), ("pass_any", f"pass@{n}"), ("pass_1", "pass@1 (finished candidates)")):
         s = summary[key]
         lines.append(f"| {label} | {_pct(s['mean'])} | {_pct(s['std'])} | {_pct(s['min'])} | {_pct(s['max'])} |")
     pooled = summary["pooled_maj"]

@@ -13,7 +13,7 @@ from typing import Any
 from service.answers import AnswerMode, Ballot, matches_reference
 from service.evaluation.datasets import Problem
 from service.schemas import SolveResponse
-from service.solver import derive_seed
+from service.solver import CandidateStatus, derive_seed
 
 
 def request_seed(seed: int, problem_id: str, round_: int = 0) -> int:
@@ -49,6 +49,9 @@ def make_record(
         "vote_correct": vote_correct,
         "agreement": agreement,
         "candidates": len(candidates),
+        # pass@1's denominator: a candidate cancelled by early stopping, the deadline or a disconnect
+        # never answered, so it is neither right nor wrong
+        "judged_candidates": sum(1 for c in candidates if c.status is not CandidateStatus.CANCELLED),
         "correct_candidates": sum(1 for v in candidate_votes if v is not None and vote_correct.get(v, False)),
         "stopped_early": any(r.stopped_early for r in responses),
         "deadline_hit": any(r.deadline_hit for r in responses),
@@ -74,6 +77,7 @@ def error_record(problem: Problem, seed: int, request_seeds: list[int], error: s
         "vote_correct": {},
         "agreement": 0.0,
         "candidates": 0,
+        "judged_candidates": 0,
         "correct_candidates": 0,
         "stopped_early": False,
         "deadline_hit": False,
