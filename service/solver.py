@@ -149,10 +149,10 @@ class Candidate:
             return self.finish(CandidateStatus.ANSWERED if self.answer is not None else CandidateStatus.EXHAUSTED)
         if outcome is StepOutcome.HALLUCINATED or not config.restart_on_fail:
             return self.finish(CandidateStatus.PRUNED, outcome.value)
-        self.text, self.executed_since_restart = "", False  # NO_CODE or STALLED: start over
-        self.restarts += 1
-        if self.steps >= config.max_steps:
+        self.restarts += 1  # NO_CODE or STALLED: start over
+        if self.steps >= config.max_steps:  # no step left: keep the last attempt's text for the traces
             return self.finish(CandidateStatus.RESTARTED)
+        self.text, self.executed_since_restart = "", False
         return Action.GENERATE
 
     def after_execution(self, feedback: str, config: SolveConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -149,6 +150,7 @@ async def test_restart_on_the_last_step_is_reported(executor):
     engine = ScriptedEngine(steps_of({0: ["no code", "still none"]}))
     result = await Solver(engine, executor).solve(PROBLEM, config(max_steps=2), "r")
     assert result.candidates[0].status is CandidateStatus.RESTARTED and result.candidates[0].restarts == 2
+    assert result.candidates[0].text == "still none"  # the traces show the attempt it gave up on
 
 
 async def test_aimo_filter_and_majority_vote(executor):
@@ -237,6 +239,28 @@ async def test_no_early_stop_while_the_vote_can_still_flip(executor):
     assert not result.stopped_early and engine.aborted == []
     assert all(c.status is CandidateStatus.ANSWERED for c in result.candidates)
     assert result.votes == {"2": 2, "1": 2} and result.answer == "2"
+
+
+async def test_with_early_stopping_the_answer_and_texts_are_the_seeds_but_the_counts_are_timings(executor):
+    """What the README promises for a seed: the answer (the one the full vote would give) and every
+    finished candidate's text; with early stopping, the vote counts depend on which finished first."""
+    answers = {i: "7" if i % 3 else "8" for i in range(12)}  # 8 votes for 7, 4 for 8
+
+    def run_with_timings(timing_seed: int, early_stop: bool):
+        delays = random.Random(timing_seed)
+        step_delays = {i: delays.uniform(0, 0.3) for i in range(12)}
+        engine = ScriptedEngine(lambda c, s, p: ([code(f"{c} + 1"), boxed(answers[c])][s], step_delays[c] * s))
+        return Solver(engine, executor).solve(PROBLEM, config(num_samples=12, early_stop=early_stop), "r")
+
+    full = await run_with_timings(0, early_stop=False)
+    runs = [await run_with_timings(timing_seed, early_stop=True) for timing_seed in range(1, 5)]
+    assert full.answer == "7" and all(run.answer == full.answer for run in runs)
+    for run in runs:
+        for candidate, unstopped in zip(run.candidates, full.candidates, strict=True):
+            if candidate.status is not CandidateStatus.CANCELLED:
+                assert candidate.text == unstopped.text
+    assert all(run.stopped_early for run in runs)
+    assert len({tuple(run.votes.items()) for run in runs}) > 1  # the counts are not the seed's
 
 
 async def test_deadline_votes_what_finished(executor):
