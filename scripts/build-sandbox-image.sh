@@ -40,6 +40,18 @@ EXCLUDES=(
 )
 packages=$(grep -v '^\s*#' sandbox/image/debian-packages.txt | tr -s ' \n' '\n' | grep -v '^$' | sort | paste -sd, -)
 
+# Without mmdebstrap and the rights to install it (apt as root), a host that reaches a registry
+# builds on the official Python image instead (the Dockerfile then pip-installs its requirements).
+if [ -z "${BASE_IMAGE:-}" ] && ! command -v mmdebstrap >/dev/null 2>&1 && [ "$(id -u)" != 0 ]; then
+    if docker pull -q python:3.11-slim >/dev/null 2>&1; then
+        BASE_IMAGE=python:3.11-slim
+    else
+        echo "cannot build the sandbox base: mmdebstrap is missing (sudo apt-get install mmdebstrap, then" \
+            "rerun as root) and no registry gives python:3.11-slim" >&2
+        exit 1
+    fi
+fi
+
 if [ -z "${BASE_IMAGE:-}" ]; then
     base_hash=$( { echo "$SUITE $MIRROR $packages"; printf '%s\n' "${EXCLUDES[@]}"; } | sha256sum | cut -c1-12)
     BASE_IMAGE="$IMAGE-base:$base_hash"

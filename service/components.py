@@ -9,12 +9,16 @@ from sandbox.executor import Executor
 from sandbox.local import LocalExecutor
 from service.engines.base import Engine
 from service.engines.remote import RemoteEngine
+from service.machine import choose
 from service.settings import EngineKind, ExecutorKind, Settings
 
 log = logging.getLogger(__name__)
 
 
 def make_engine(settings: Settings) -> Engine:
+    """The engine of `settings`, after choosing the engine and model if unset (see service.machine)."""
+    settings = choose(settings)
+    assert settings.model is not None  # chosen
     match settings.engine:
         case EngineKind.REMOTE:
             return RemoteEngine(

@@ -43,7 +43,15 @@ class Settings(BaseSettings):
     # HTTP server
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=1, le=65535, description="Port to bind.")
-    log_level: str = Field("info", description="Logging level (debug, info, warning, error).")
+    log_level: str = Field(
+        "info",
+        pattern="(?i)^(debug|info|warning|error)$",
+        description="Logging level (debug, info, warning, error); info: our records, other libraries' warnings "
+        "that matter; debug: every record of every library.",
+    )
+    log_format: str = Field(
+        "text", pattern="^(text|json)$", description="Log lines: text (for people) or json (for log collectors)."
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description='Bearer tokens accepted on /solve (JSON list, e.g. \'["k1","k2"]\'); empty: no auth.',
@@ -52,8 +60,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(16, ge=0, description="Problems waiting for a slot; beyond it: 429.")
 
     # Engine
-    engine: EngineKind = Field(EngineKind.REMOTE, description="Which engine generates the steps.")
-    model: str = Field("AI-MO/NuminaMath-7B-TIR", description="Model id (hub id or path) the engine serves.")
+    engine: EngineKind | None = Field(
+        None,
+        description="Which engine generates the steps; unset: remote when SCTIR_REMOTE_URL is set, else vllm.",
+    )
+    model: str | None = Field(
+        None,
+        description="Model id (hub id or path) the engine serves; unset: AI-MO/NuminaMath-7B-TIR with a CUDA GPU "
+        "or a remote engine, else the offline demo model in models/demo.",
+    )
     remote_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server.")
     remote_api_key: SecretStr | None = Field(None, description="Bearer token for the remote server.")
     remote_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one remote step.")
@@ -158,8 +173,9 @@ class Settings(BaseSettings):
     )
     sandbox_pool_name: str = Field(
         "sctir",
-        description="sandbox: label of this service's containers; leftovers with it are removed at start, "
-        "so give each service sharing a Docker engine its own name.",
+        description="sandbox: label of this service's containers. At start, the containers under this name that a "
+        "process now gone left behind (a crashed service's) are removed; those of live processes sharing the name "
+        "(another service, an in-process `sctir solve` or `sctir eval`) are never touched.",
     )
     sandbox_env_passthrough: list[str] = Field(
         default_factory=lambda: ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],

