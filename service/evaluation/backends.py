@@ -42,10 +42,11 @@ class InProcessBackend:
 
     def __init__(self, settings: Settings, engine: Engine | None = None, executor: Executor | None = None) -> None:
         from service.components import make_engine, make_executor
+        from service.machine import choose
 
-        self.settings = settings
-        self.engine = engine or make_engine(settings)
-        self.executor = executor or make_executor(settings)
+        self.settings = settings if engine else choose(settings)  # the defaults of the engine it builds
+        self.engine = engine or make_engine(self.settings)
+        self.executor = executor or make_executor(self.settings)
         self.solver = Solver(self.engine, self.executor)
         self.description = f"in-process (engine {type(self.engine).__name__}, executor {type(self.executor).__name__})"
 
