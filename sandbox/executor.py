@@ -3,8 +3,18 @@
 `last_block` executions (the reference's) run each block alone in a fresh
 namespace with the numpy/sympy preamble; `session` executions share the
 state of earlier blocks with the same session id (one per candidate).
-Every failure mode of the code itself (exception, timeout, crash) is an
-ExecutionResult, never an exception, so one bad block cannot fail a request.
+
+Two kinds of failure, kept apart because only one is the model's business:
+
+- whatever the block itself causes (an exception, a timeout, its own kill by
+  the memory or process limits, a sandbox it crashed) is an ExecutionResult,
+  which the model sees in its output block and may fix, so one bad block
+  cannot fail a request;
+- a fault of the executor (no sandbox can be started, the engine is
+  unreachable, the sandbox was lost before the block ran, the executor is
+  closed) raises ExecutorError: it says nothing about the code, so showing
+  it to the model as the code's output would only mislead it (and hide the
+  fault from the operator behind answers that merely look wrong).
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 
+class ExecutorError(RuntimeError):
+    """The executor itself could not run a block (see the module docstring); the message says why and what to do."""
+
+
 class ExecutionStatus(StrEnum):
     OK = "ok"
     ERROR = "error"  # the code raised; `error` holds the trimmed traceback
     TIMEOUT = "timeout"  # wall-clock limit reached, the process was killed
-    KILLED = "killed"  # died by a signal or the executor itself failed
+    KILLED = "killed"  # died by a signal, a limit or with its sandbox (that the block may have crashed)
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,8 @@ class ExecutionResult:
 
 @runtime_checkable
 class Executor(Protocol):
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Get ready to run blocks; raises ExecutorError, saying how to fix it, when the executor cannot run."""
 
     async def ready(self) -> bool: ...
 
@@ -45,6 +60,9 @@ class Executor(Protocol):
 
         `tenant` names whose code it is (the service: one /solve request). An isolating
         executor never lets one tenant's code reach another's; no tenant is one default tenant.
+        Raises ExecutorError when the executor itself cannot run the block (no sandbox could be
+        started, the engine is unreachable, the sandbox was lost before the block ran, the
+        executor is closed); everything the block causes is the returned result.
         """
 
     async def close_session(self, session_id: str) -> None:

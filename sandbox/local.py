@@ -38,7 +38,8 @@ class LocalExecutor(SandboxPool):
     The timeout covers the block itself (not an interpreter start, which no
     longer happens per block). At most `concurrency` blocks execute at once.
     Every failure of the code is an ExecutionResult; failures of the executor
-    itself (e.g. a missing interpreter) are KILLED results.
+    itself (e.g. a missing interpreter, a runner that cannot import numpy)
+    raise ExecutorError (see sandbox/executor.py).
     """
 
     def __init__(

@@ -4,8 +4,9 @@ A *slot* is one runner (sandbox/runner.py) and the framed connection to it:
 a hardened Docker container attached over its stdin/stdout (`DockerBackend`),
 or a plain subprocess for the `local` executor (`LocalBackend`, NOT
 isolated). `SandboxPool` keeps `size` slots warm, runs at most `concurrency`
-executions in each, pins a session (one candidate's blocks) to one slot, and
-turns every failure into an ExecutionResult. The Docker executor leases each
+executions in each, pins a session (one candidate's blocks) to one slot,
+turns every failure a block causes into an ExecutionResult and raises
+ExecutorError for its own (see sandbox/executor.py). The Docker executor leases each
 tenant (a /solve request) a slot of its own and destroys it when the tenant
 is released, so no container ever runs two requests' code (see SandboxPool):
 
@@ -16,8 +17,10 @@ is released, so no container ever runs two requests' code (see SandboxPool):
   with KILLED results, and is replaced in the background;
 - a runner that finds itself damaged (its work root broken, its scratch
   space full) says so and is replaced the same way;
-- every container carries labels; `start()` removes the leftovers of an
-  earlier process with the same pool name, `close()` every container it made.
+- every container carries labels naming its pool and its owner process;
+  `start()` removes the pool's leftovers (containers whose owner is gone,
+  see `is_leftover`) and never a live process's, `close()` every container
+  it made.
 
 `stats()` gives the counters for metrics: warm slots, busy executions,
 replaced slots and more.
@@ -42,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.executor import ExecutionResult, ExecutionStatus, ExecutorError
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,18 @@ RUNNER_PATH = Path(__file__).with_name("runner.py")
 HEADER = struct.Struct(">I")
 LABEL = "sctir.sandbox"
 LABEL_POOL = "sctir.sandbox.pool"
-LABEL_OWNER = "sctir.sandbox.owner"
+LABEL_OWNER = "sctir.sandbox.owner"  # hostname:pid, for people
+LABEL_OWNER_PID = "sctir.sandbox.owner.pid"
+LABEL_OWNER_STARTED = "sctir.sandbox.owner.started"  # clock ticks after boot (/proc/<pid>/stat): no pid reuse
+LABEL_OWNER_PIDSPACE = "sctir.sandbox.owner.pidspace"  # boot id and pid namespace: where that pid names the owner
+CREATED_GRACE_S = 60.0  # a never-started container of an owner out of our sight: maybe its launch in progress
 GVISOR_MIN_PIDS = 1024
 WORKROOT = "/run/sctir"  # the runner's per-execution directories, in a container: a tmpfs of its own
 RESET_NOTE = "The session state was reset."
 
 
-class SandboxUnavailable(RuntimeError):
-    """No runner can be started (no Docker engine, no image, a broken interpreter...)."""
+class SandboxUnavailable(ExecutorError):
+    """No runner can be started (no Docker engine, no image, a broken interpreter...); the message says what to do."""
 
 
 class RunnerLost(ConnectionError):
@@ -242,9 +249,11 @@ class Backend:
     """Starts and stops runners; the pool does the rest."""
 
     name = "backend"
+    # What to do when a runner starts but is not ready (it cannot import what it preloads): said at start-up.
+    remedy = "check the runner's interpreter"
 
     async def prepare(self) -> None:
-        """Check that runners can start (and clean up leftovers); raise SandboxUnavailable if not."""
+        """Check that runners can start (and clean up leftovers); raise SandboxUnavailable, naming the fix, if not."""
 
     async def launch(self, name: str, spares: int) -> tuple[RunnerConnection, object]:
         raise NotImplementedError
@@ -263,6 +272,7 @@ class LocalBackend(Backend):
     """Runners as subprocesses of this process: no isolation at all (see LocalExecutor)."""
 
     name = "local"
+    remedy = "install numpy and sympy into that interpreter, or point SCTIR_PYTHON at one that has them"
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
@@ -281,7 +291,9 @@ class LocalBackend(Backend):
                 start_new_session=True,
             )
         except OSError as error:
-            raise SandboxUnavailable(f"cannot run {self.python!r}: {error}") from error
+            raise SandboxUnavailable(
+                f"cannot run {self.python!r}: {error}: point SCTIR_PYTHON at a Python 3 with numpy and sympy"
+            ) from error
         self.processes.add(proc)
         conn = RunnerConnection(proc.stdout, proc.stdin, name=name)
         asyncio.create_task(self._drain_stderr(proc, conn), name=f"runner-stderr-{name}")
@@ -355,6 +367,128 @@ class DockerLimits:
         return max(self.pids, GVISOR_MIN_PIDS) if self.runtime == "runsc" else self.pids
 
 
+def _process_stat(pid: int | str) -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks after boot) from /proc, or None if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, or hidden (hidepid), or no /proc
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after the command name, which may hold anything
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _pid_space() -> str:
+    """Where a pid names one process: this boot of the kernel and this pid namespace; "" if unknown.
+
+    Two services in containers of one host share the boot id but not the pid namespace, so
+    neither may judge the other's pids. A namespace's inode is reused only after it is gone,
+    so a live owner's pid space is never mistaken for another's.
+    """
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot_id}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that made a container, and holds its attach stream, told apart from any later one.
+
+    Its labels say where it ran (`pid_space`) and when it started, so a later start, in
+    this process or another, can tell a crashed owner's leftovers from a live one's containers.
+    """
+
+    host: str
+    pid: int
+    started: str  # its start time in clock ticks after boot; "" where /proc is unreadable
+    pid_space: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        stat = _process_stat("self")
+        return cls(socket.gethostname(), os.getpid(), stat[1] if stat else "", _pid_space())
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Owner | None:
+        """The owner a container's labels name; None for labels of no owner (or of an older version)."""
+        try:
+            pid = int(labels[LABEL_OWNER_PID])
+            return cls(labels.get(LABEL_OWNER, "?"), pid, labels[LABEL_OWNER_STARTED], labels[LABEL_OWNER_PIDSPACE])
+        except (KeyError, ValueError):
+            return None
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_OWNER: f"{self.host}:{self.pid}",
+            LABEL_OWNER_PID: str(self.pid),
+            LABEL_OWNER_STARTED: self.started,
+            LABEL_OWNER_PIDSPACE: self.pid_space,
+        }
+
+    def alive(self) -> bool | None:
+        """True or False where that is provable from this process; None for an owner out of sight."""
+        if not self.pid_space or not self.started or self.pid_space != _pid_space():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # it exists (another user's)
+        stat = _process_stat(self.pid)
+        if stat is None:  # it exists, but /proc hides it (hidepid): not provably gone
+            return None
+        state, started = stat
+        return started == self.started and state not in ("Z", "X")  # a zombie's streams are closed
+
+
+def is_leftover(attrs: dict, now: float | None = None) -> tuple[bool, str]:
+    """Whether a container (the attrs of Docker's container list) is a leftover to remove, and why.
+
+    A runner stops when its owner's attach stream closes (the owner ends, however it ends), so
+    a running container of a live owner is in use, and an owner's stopped container may be
+    inspected by it for the reason its runner died. Hence: a container of an owner provably
+    gone is a leftover; of a live owner, never; of an owner out of sight (another host, another
+    pid namespace, an older label), only once it has stopped (or, never started, is older than
+    CREATED_GRACE_S: the owner may be between creating and starting it).
+    """
+    labels = attrs.get("Labels") or {}
+    state = attrs.get("State", "")
+    owner = Owner.from_labels(labels)
+    who = labels.get(LABEL_OWNER, "no owner label")
+    alive = owner.alive() if owner is not None else None
+    if alive is not None:
+        return (not alive, f"its owner {who} is {'alive' if alive else 'gone'}")
+    if state in ("exited", "dead"):
+        return True, f"it has stopped and its owner ({who}) is out of sight"
+    age = (time.time() if now is None else now) - float(attrs.get("Created", 0))
+    if state == "created" and age > CREATED_GRACE_S:
+        return True, f"it was never started ({age:.0f} s) and its owner ({who}) is out of sight"
+    return False, f"it is {state} and its owner ({who}) is out of sight"
+
+
+UNISOLATED = "or run code unisolated on this host with SCTIR_EXECUTOR=local"
+
+
+def _no_engine(error: BaseException) -> SandboxUnavailable:
+    """The engine cannot be reached: where it was looked for, the system's reason, and the ways out."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    cause = error
+    while cause.__cause__ or cause.__context__:  # the OSError at the bottom says why (no socket, refused...)
+        cause = cause.__cause__ or cause.__context__
+    reason = f" ({cause.strerror})" if isinstance(cause, OSError) and cause.strerror else ""
+    if isinstance(cause, PermissionError):
+        return SandboxUnavailable(
+            f"the Docker engine at {where} refuses this user{reason}: add the user to the docker group "
+            f"(`sudo usermod -aG docker $USER`, then log in again), {UNISOLATED}"
+        )
+    return SandboxUnavailable(
+        f"no Docker engine answers at {where}{reason}: start Docker (e.g. `sudo systemctl start docker`, "
+        f"or scripts/start-dockerd.sh), {UNISOLATED}"
+    )
+
+
 class DockerBackend(Backend):
     """Runners in hardened containers of the sandbox image, over the Docker SDK.
 
@@ -362,10 +496,12 @@ class DockerBackend(Backend):
     tmpfs on /tmp, memory (= memory+swap), pids and CPU limits, all
     capabilities dropped, no-new-privileges, a non-root user, no core files,
     the `none` log driver (the protocol never lands on disk), optionally
-    another runtime such as runsc; labelled with the pool name and owner.
+    another runtime such as runsc; labelled with the pool name and its owner
+    process (see Owner), so a later start removes only a gone owner's leftovers.
     """
 
     name = "docker"
+    remedy = "rebuild the sandbox image: `make sandbox-image` (scripts/build-sandbox-image.sh)"
 
     def __init__(
         self,
@@ -391,15 +527,36 @@ class DockerBackend(Backend):
         if self.client is None:
             try:
                 import docker
-            except ImportError as error:
-                raise SandboxUnavailable("the Docker SDK is not installed (pip install docker)") from error
+            except ImportError:
+                raise SandboxUnavailable(
+                    f"the Docker SDK is not installed: `pip install docker`, {UNISOLATED}"
+                ) from None
             try:
                 self.client = docker.from_env(version="auto")
                 self.client.ping()
             except Exception as error:
                 self.client = None
-                raise SandboxUnavailable(f"no Docker engine answers: {error}") from error
+                raise _no_engine(error) from error
         return self.client
+
+    def _image_missing(self) -> SandboxUnavailable:
+        return SandboxUnavailable(
+            f"the sandbox image {self.image} is not built: run `make sandbox-image` (scripts/build-sandbox-image.sh), "
+            "or set SCTIR_SANDBOX_IMAGE"
+        )
+
+    def _fault(self, error: Exception) -> SandboxUnavailable:
+        """What a failed container launch means, in the words of the start-up checks where it is one of theirs."""
+        import docker.errors
+        import requests.exceptions
+
+        if isinstance(error, SandboxUnavailable):
+            return error
+        if isinstance(error, docker.errors.ImageNotFound):
+            return self._image_missing()
+        if isinstance(error, requests.exceptions.ConnectionError):
+            return _no_engine(error)
+        return SandboxUnavailable(f"the Docker engine could not start a sandbox container: {error}")
 
     async def prepare(self) -> None:
         await asyncio.to_thread(self._prepare)
@@ -412,30 +569,52 @@ class DockerBackend(Backend):
         try:
             client.images.get(self.image)
         except docker.errors.ImageNotFound:
-            raise SandboxUnavailable(
-                f"the sandbox image {self.image!r} is not built: run scripts/build-sandbox-image.sh"
-            ) from None
+            raise self._image_missing() from None
         if self.limits.runtime:
             runtimes = client.info().get("Runtimes", {})
             if self.limits.runtime not in runtimes:
+                known = ", ".join(sorted(runtimes))
                 raise SandboxUnavailable(
-                    f"the Docker engine has no runtime {self.limits.runtime!r} (it has: {', '.join(sorted(runtimes))})"
+                    f"the Docker engine has no runtime {self.limits.runtime!r} (it has: {known}): register it with "
+                    "the engine (for gVisor's runsc, scripts/start-dockerd.sh installs and registers it), "
+                    "or unset SCTIR_SANDBOX_RUNTIME"
                 )
         reaped = self._reap()
         if reaped:
             log.warning("removed %d leftover sandbox container(s) of pool %r", reaped, self.pool_name)
 
     def _reap(self) -> int:
-        """Remove the containers of this pool name (leftovers of a process that did not close its pool)."""
+        """Remove this pool name's leftovers: the containers of owners that are gone (see is_leftover).
+
+        Never every container of the name: another process sharing it (a running service, an
+        in-process `sctir solve`) is using its containers.
+        """
         client = self._client()
-        leftovers = client.containers.list(all=True, filters={"label": [f"{LABEL_POOL}={self.pool_name}"]})
-        for container in leftovers:
-            with contextlib.suppress(Exception):
+        containers = client.containers.list(
+            all=True, sparse=True, filters={"label": [f"{LABEL_POOL}={self.pool_name}"]}
+        )
+        reaped = 0
+        now = time.time()
+        for container in containers:
+            leftover, why = is_leftover(container.attrs, now)
+            name = container.short_id
+            if not leftover:
+                log.debug("sandbox container %s of pool %r left alone: %s", name, self.pool_name, why)
+                continue
+            try:
                 container.remove(force=True)
-        return len(leftovers)
+            except Exception as error:  # already gone (its owner removed it), or the engine refused
+                log.debug("leftover sandbox container %s not removed: %s", name, error)
+                continue
+            log.info("removed leftover sandbox container %s of pool %r: %s", name, self.pool_name, why)
+            reaped += 1
+        return reaped
 
     async def launch(self, name: str, spares: int) -> tuple[RunnerConnection, object]:
-        container, sock = await asyncio.to_thread(self._create, name, spares)
+        try:
+            container, sock = await asyncio.to_thread(self._create, name, spares)
+        except Exception as error:
+            raise self._fault(error) from error
         # Our own dup of the attach socket, for asyncio; the SDK's objects stay referenced in the handle.
         raw = getattr(sock, "_sock", sock)
         ours = socket.socket(fileno=os.dup(raw.fileno()))
@@ -445,10 +624,10 @@ class DockerBackend(Backend):
         handle = {"container": container, "sock": sock}
         try:
             await asyncio.to_thread(container.start)
-        except Exception:
+        except Exception as error:
             await conn.close()
             await asyncio.to_thread(self._remove, container)
-            raise
+            raise self._fault(error) from error
         return conn, handle
 
     def _create(self, name: str, spares: int):
@@ -491,7 +670,7 @@ class DockerBackend(Backend):
             hostname="sandbox",
             user=limits.user,
             environment=self.environment,
-            labels={LABEL: "1", LABEL_POOL: self.pool_name, LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"},
+            labels={LABEL: "1", LABEL_POOL: self.pool_name, **Owner.current().labels()},
             # Not detached, stdin open: attached stdin/stdout/stderr and StdinOnce, so when our
             # connection ends the runner reads EOF and the container stops.
             detach=False,
@@ -625,7 +804,7 @@ class SandboxPool:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start `size` warm slots; raises RuntimeError if none can start (and ready() stays False)."""
+        """Start `size` warm slots; raises SandboxUnavailable if none can start (and ready() stays False)."""
         async with self._start_lock:
             self._closed = False
             try:
@@ -634,13 +813,13 @@ class SandboxPool:
                     self._prepared = True
             except Exception as error:
                 self.start_error = str(error)
-                raise RuntimeError(self.start_error) from error
+                raise SandboxUnavailable(self.start_error) from error
             missing = self.size - len(self._idle()) - self._starting
             results = await asyncio.gather(*(self._add_slot() for _ in range(missing)), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors and not self._live():
                 self.start_error = str(errors[0])
-                raise RuntimeError(self.start_error) from errors[0]
+                raise SandboxUnavailable(self.start_error) from errors[0]
             for error in errors:  # some started: retry the others in the background
                 log.warning("a sandbox slot failed to start: %s", error)
             if errors:
@@ -726,7 +905,7 @@ class SandboxPool:
                 raise
             if not hello.get("ready"):
                 await self.backend.stop(slot)
-                raise SandboxUnavailable(f"the runner is not ready: {hello.get('error')}")
+                raise SandboxUnavailable(f"the runner is not ready: {hello.get('error')}: {self.backend.remedy}")
             slot.hello = hello
             conn.on_unhealthy = lambda reason: self._spawn_task(self._condemn(slot, f"unhealthy: {reason}"))
             if self._closed:
@@ -811,6 +990,7 @@ class SandboxPool:
     # -- execution -----------------------------------------------------------------
 
     async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None) -> ExecutionResult:
+        """Run a block (see Executor.execute): what it causes is the result; ExecutorError is the pool's own fault."""
         started = time.monotonic()
         self.counters["executions"] += 1
         try:
@@ -819,12 +999,10 @@ class SandboxPool:
             lock = self._session_locks.setdefault(session_id, asyncio.Lock())
             async with lock:  # one block of a session at a time, in order
                 return await self._execute(code, session_id, tenant, started)
-        except asyncio.CancelledError:
+        except ExecutorError:
             raise
-        except Exception as error:  # no runner, or a bug here: the request must not fail
-            if not isinstance(error, SandboxUnavailable):
-                log.exception("sandbox executor failed")
-            return _result(ExecutionStatus.KILLED, "", f"executor failed: {error}", started)
+        except Exception as error:  # a bug here is the executor's fault too, never the block's output
+            raise ExecutorError(f"the sandbox pool failed: {error!r}") from error
 
     async def _execute(self, code: str, session_id: str | None, tenant: str | None, started: float) -> ExecutionResult:
         slot = await self._acquire(session_id, tenant)
@@ -853,8 +1031,6 @@ class SandboxPool:
                     self._changed.release()
                     try:
                         await self.start()  # the first use, or every slot died: start (or fail) now
-                    except RuntimeError as error:
-                        raise SandboxUnavailable(str(error)) from None
                     finally:
                         await self._changed.acquire()
                     continue
@@ -915,8 +1091,8 @@ class SandboxPool:
         note = f" {RESET_NOTE}" if session_id is not None else ""
         try:
             request_id, future = slot.conn.request(message)
-        except RunnerLost:
-            return _result(ExecutionStatus.KILLED, "", f"The sandbox was lost before the block ran.{note}", started)
+        except RunnerLost as error:
+            raise ExecutorError(f"the sandbox was lost before the block ran ({error})") from None
         try:
             reply = await asyncio.wait_for(asyncio.shield(future), self.timeout_s + self.answer_grace_s)
         except TimeoutError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.executor import ExecutionStatus, Executor
+from sandbox.executor import ExecutionStatus, Executor, ExecutorError
 from sandbox.local import LocalExecutor
 from sandbox.program import PREAMBLE, block_program, trim_traceback, with_auto_print
 
@@ -150,12 +150,11 @@ async def test_satisfies_the_protocol(executor: LocalExecutor) -> None:
 
 async def test_start_fails_for_a_missing_interpreter() -> None:
     ex = LocalExecutor(python="/nonexistent/python3")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ExecutorError, match="cannot run '/nonexistent/python3'.*: point SCTIR_PYTHON at"):
         await ex.start()
     assert not await ex.ready()
-    result = await ex.execute("1")  # an executor failure is a result, not an exception
-    assert result.status is ExecutionStatus.KILLED
-    assert "executor failed" in result.error
+    with pytest.raises(ExecutorError, match="/nonexistent/python3"):  # the executor's fault: never a block's output
+        await ex.execute("1")
 
 
 async def test_an_interpreter_without_numpy_is_not_ready(tmp_path: Path) -> None:
@@ -163,12 +162,15 @@ async def test_an_interpreter_without_numpy_is_not_ready(tmp_path: Path) -> None
     python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
     python.chmod(0o755)
     ex = LocalExecutor(python=str(python))
-    with pytest.raises(RuntimeError, match="No module named 'numpy'"):
+    with pytest.raises(ExecutorError, match="No module named 'numpy'"):
         await ex.start()
     assert not await ex.ready()
-    result = await ex.execute("1", session_id="s")  # a session needs the same runner
-    assert result.status is ExecutionStatus.KILLED
-    assert result.error == "executor failed: the runner is not ready: ModuleNotFoundError: No module named 'numpy'"
+    with pytest.raises(ExecutorError) as raised:  # a session needs the same runner
+        await ex.execute("1", session_id="s")
+    assert str(raised.value) == (
+        "the runner is not ready: ModuleNotFoundError: No module named 'numpy': "
+        "install numpy and sympy into that interpreter, or point SCTIR_PYTHON at one that has them"
+    )
     await ex.close()
 
 
@@ -483,12 +485,20 @@ async def test_close_session_ends_a_running_block(executor: LocalExecutor, tmp_p
     assert not alive(pid)
 
 
-async def test_session_with_a_missing_interpreter_is_a_result() -> None:
+async def test_session_with_a_missing_interpreter_raises() -> None:
     ex = LocalExecutor(python="/nonexistent/python3")
-    result = await ex.execute("1", session_id="s")
-    assert result.status is ExecutionStatus.KILLED
-    assert "executor failed" in result.error
+    with pytest.raises(ExecutorError, match="cannot run '/nonexistent/python3'"):
+        await ex.execute("1", session_id="s")
     await ex.close()
+
+
+async def test_a_closed_executor_raises() -> None:
+    ex = LocalExecutor()
+    await ex.start()
+    assert (await ex.execute("1")).stdout == "1\n"
+    await ex.close()
+    with pytest.raises(ExecutorError, match="closed"):
+        await ex.execute("1")
 
 
 @pytest.mark.parametrize("module", ["runner", "program", "confine"])

@@ -21,8 +21,8 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from sandbox.executor import ExecutionResult, ExecutionStatus, Executor
-from sandbox.pool import LABEL_POOL, DockerExecutor, DockerLimits
+from sandbox.executor import ExecutionResult, ExecutionStatus, Executor, ExecutorError
+from sandbox.pool import LABEL_POOL, DockerExecutor, DockerLimits, SandboxUnavailable
 
 IMAGE = os.environ.get("SCTIR_DOCKER_IMAGE", "sctir-sandbox:latest")
 HOST_SECRET = f"sctir-host-secret-{uuid.uuid4().hex}"
@@ -588,11 +588,17 @@ async def test_a_hung_container_is_replaced() -> None:
 
 
 async def test_leftovers_of_a_crashed_service_are_reaped_at_start() -> None:
+    """A stopped container of the pool that no live process owns (here: of a version without owner labels).
+
+    tests/test_sandbox_owners.py has the owners' cases: live, killed, on another host.
+    """
     import docker
 
     name = f"sctir-test-{uuid.uuid4().hex[:8]}"
     client = docker.from_env(version="auto")
-    leftover = client.containers.create(IMAGE, labels={LABEL_POOL: name, "sctir.sandbox": "1"}, network_mode="none")
+    labels = {LABEL_POOL: name, "sctir.sandbox": "1"}
+    leftover = client.containers.run(IMAGE, ["--self-test"], labels=labels, network_mode="none", detach=True)
+    assert leftover.wait(timeout=60)["StatusCode"] == 0  # stopped, as a runner does when its owner's stream ends
     ex = make_pool(size=1, pool_name=name)
     try:
         await ex.start()
@@ -603,13 +609,19 @@ async def test_leftovers_of_a_crashed_service_are_reaped_at_start() -> None:
     assert containers_of(name) == []
 
 
-async def test_a_missing_image_says_so() -> None:
+async def test_a_missing_image_says_so_and_how_to_build_it() -> None:
     ex = make_pool(size=1, image="sctir-sandbox:no-such-tag")
-    with pytest.raises(RuntimeError, match="scripts/build-sandbox-image.sh"):
+    fix = (
+        "the sandbox image sctir-sandbox:no-such-tag is not built: "
+        "run `make sandbox-image` (scripts/build-sandbox-image.sh), or set SCTIR_SANDBOX_IMAGE"
+    )
+    with pytest.raises(SandboxUnavailable) as raised:
         await ex.start()
+    assert str(raised.value) == fix
     assert not await ex.ready()
-    result = await ex.execute("1")
-    assert result.status is ExecutionStatus.KILLED and "is not built" in result.error
+    with pytest.raises(ExecutorError) as raised:  # the executor's fault, never a block's output
+        await ex.execute("1")
+    assert str(raised.value) == fix
     await ex.close()
 
 
