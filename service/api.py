@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -16,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +27,7 @@ from sandbox.executor import Executor
 from service.admission import Admission, Overloaded
 from service.components import make_engine, make_executor
 from service.engines.base import Engine
+from service.engines.vllm_local import VllmEngine
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.schemas import ErrorResponse, SolveRequest, SolveResponse
@@ -33,6 +37,8 @@ from service.solver import CandidateStatus, Solver, SolveResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BODY_BYTES = 64 * 1024
+QUOTE_CHARS = 200  # of the client's input quoted back in an error
+ERRORS_SHOWN = 20  # validation errors listed in one response
 
 
 class ClientGone(Exception):
@@ -43,12 +49,22 @@ class Unauthorized(Exception):
     pass
 
 
+class StartupFailed(Exception):
+    """A component the service cannot work without did not start: the process exits instead of serving."""
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the request's receive channel; FastAPI lets HTTPExceptions from reading the body through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"body: larger than {limit} bytes")
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the client's X-Request-ID if sane), echoed in the response.
 
     A plain ASGI middleware, not BaseHTTPMiddleware, so the endpoint still
-    sees the client's disconnect on the raw receive channel. It also refuses
-    bodies whose declared length is over MAX_BODY_BYTES before reading them.
+    sees the client's disconnect on the raw receive channel.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -57,8 +73,7 @@ class RequestIdMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if given.isascii() and 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
@@ -69,14 +84,122 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            length = headers.get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                body = ErrorResponse(request_id=request_id, message=f"body: larger than {MAX_BODY_BYTES} bytes")
-                response = JSONResponse(body.model_dump(exclude_none=True), status_code=413)
-                return await response(scope, receive, send_with_id)
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `limit` bytes, declared or not, with a 413.
+
+    The bytes are counted as they arrive, because a chunked body declares no
+    Content-Length: reading stops at the first chunk past the limit (a declared
+    length over it stops it before the first), so the rest is never held.
+    The BodyTooLarge it raises reaches the app's error handlers like any 413.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        declared_too_large = declared.isdigit() and int(declared) > self.limit
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            if declared_too_large:
+                raise BodyTooLarge(self.limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class StartupFailureMiddleware:
+    """Tells the server why start-up failed in one line (a StartupFailed's reason), not in a traceback.
+
+    Starlette hands the server the whole traceback of what the lifespan raised, and
+    uvicorn logs it before exiting; the reason, which names the way out, is what the
+    operator needs.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_reason(message: Message) -> None:
+            failure = sys.exception()  # Starlette sends startup.failed while it handles the lifespan's exception
+            if message["type"] == "lifespan.startup.failed" and isinstance(failure, StartupFailed):
+                message = {**message, "message": str(failure)}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)
+
+
+def cut(value: Any, limit: int = QUOTE_CHARS) -> Any:
+    """`value`, or the start of its JSON text marked as cut when longer than `limit` characters.
+
+    Errors quote the request back (a field's input, an unknown key); a client that
+    sent 60 KB must not get 60 KB back, possibly many times over.
+    """
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}... (cut: {len(text)} characters in all)"
+
+
+def quoted_briefly(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error (JSON-encoded) with its quotes of the request cut short: location, input, context."""
+    brief = {**error, "loc": [cut(part) for part in error["loc"]]}
+    if "input" in brief:
+        brief["input"] = cut(brief["input"])
+    if isinstance(brief.get("ctx"), dict):
+        brief["ctx"] = {key: cut(value) for key, value in brief["ctx"].items()}
+    return brief
+
+
+def json_syntax_error(error: dict[str, Any], document: str) -> dict[str, Any]:
+    """FastAPI's json_invalid error, whose location is a character offset, told as a line and column."""
+    position = error["loc"][-1]
+    line = document.count("\n", 0, position) + 1
+    column = position - document.rfind("\n", 0, position)
+    reason = error["ctx"]["error"]
+    return {
+        "type": "json_invalid",
+        "loc": ["body"],
+        "msg": f"invalid JSON at line {line}, column {column}: {reason}",
+        "ctx": {"line": line, "column": column, "error": reason},
+    }
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json or application/*+json: the media types FastAPI parses as JSON."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def require_json(request: Request) -> None:
+    """Refuses a body not declared JSON (415), which FastAPI would leave unparsed: 'not a valid dictionary'.
+
+    A dependency, as FastAPI solves dependencies before it validates the body.
+    """
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type):
+        given = f"got {cut(content_type)!r}" if content_type else "got none"
+        raise StarletteHTTPException(
+            415, f"content-type: send the body as JSON, with the header `Content-Type: application/json` ({given})"
+        )
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -111,28 +234,37 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     if callable(getattr(executor, "stats", None)):  # the Docker pool
         metrics.track_sandbox(executor.stats)
     startup_errors: dict[str, str] = {}
+    # Without the executor no candidate can run its code, and an in-process vLLM that did not load never
+    # will: those refuse to serve. A remote engine may come up later: serve, /readyz says why it is not ready.
+    # The executor starts first: it is quick to fail, the in-process engine slow to load.
+    required = {"executor": True, "engine": isinstance(engine, VllmEngine)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for name, component in (("engine", engine), ("executor", executor)):
-            try:
-                await component.start()
-            except Exception as error:  # keep serving: /readyz reports it, a remote may come up later
-                startup_errors[name] = str(error)
-                log.error("%s failed to start: %s", name, error)
         try:
+            for name, component in (("executor", executor), ("engine", engine)):
+                try:
+                    await component.start()
+                except Exception as error:
+                    if required[name]:
+                        raise StartupFailed(f"{name} failed to start: {error}") from error
+                    startup_errors[name] = str(error)
+                    log.error("%s failed to start: %s", name, error)
             yield
         finally:
             await engine.close()
             await executor.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their JavaScript, CSS and icon from the package, not a CDN.
+    app = FastAPIOffline(
         title="SC-TIR solver",
         version="0.1.0",
         description="Self-consistent tool-integrated reasoning (NuminaMath-7B-TIR) for competition math.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(StartupFailureMiddleware)
     bearer = HTTPBearer(auto_error=False, description="One of the server's SCTIR_API_KEYS, when set.")
     accepted_keys = [key.get_secret_value().encode() for key in settings.api_keys]
 
@@ -149,11 +281,16 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = jsonable_encoder(exc.errors())
+        if errors and errors[0]["type"] == "json_invalid":
+            errors = [json_syntax_error(errors[0], exc.body)]
+        shown = [quoted_briefly(err) for err in errors[:ERRORS_SHOWN]]
         parts = []
-        for err in errors:
+        for err in shown:
             field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
             parts.append(f"{field}: {err['msg']}")
-        return error(request, 422, "; ".join(parts), detail=errors)
+        if len(errors) > len(shown):
+            parts.append(f"and {len(errors) - len(shown)} more errors")
+        return error(request, 422, "; ".join(parts), detail=shown)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -193,15 +330,18 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
             body["errors"] = startup_errors
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
+    guards = [Depends(require_api_key)] if accepted_keys else []
+
     @app.post(
         "/solve",
-        dependencies=[Depends(require_api_key)] if accepted_keys else [],
+        dependencies=[*guards, Depends(require_json)],
         response_model=SolveResponse,
         summary="Solve a problem with SC-TIR",
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
+            415: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
             429: {"model": ErrorResponse},
             499: {"model": ErrorResponse},
@@ -223,10 +363,10 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
             log.info("client disconnected; candidates cancelled")
             return error(request, 499, "client closed the request")
         failures = [c.error for c in result.candidates if c.status is CandidateStatus.FAILED]
-        if len(failures) == len(result.candidates):
-            metrics.observe_error(time.monotonic() - started)
+        all_failed = len(failures) == len(result.candidates)
+        metrics.observe_solve(result, time.monotonic() - started, all_failed=all_failed)
+        if all_failed:
             return error(request, 503, f"every candidate failed; first error: {failures[0]}")
-        metrics.observe_solve(result, time.monotonic() - started)
         log.info(
             "solved",
             extra={"answer": result.answer, "agreement": result.agreement, "total_s": round(result.total_s, 3)},

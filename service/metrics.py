@@ -78,8 +78,11 @@ class Metrics:
         self.executions.labels(result.status.value).inc()
         self.execution_seconds.observe(seconds)
 
-    def observe_solve(self, result: SolveResult, seconds: float) -> None:
-        if result.deadline_hit:
+    def observe_solve(self, result: SolveResult, seconds: float, all_failed: bool = False) -> None:
+        """One finished /solve; `all_failed`: every candidate failed, so the API answered 503 (outcome "error")."""
+        if all_failed:
+            outcome = "error"
+        elif result.deadline_hit:
             outcome = "deadline"
         else:
             outcome = "answered" if result.answer is not None else "no_answer"
@@ -93,9 +96,6 @@ class Metrics:
             self.candidate_steps.observe(candidate.steps)
         self.tokens.labels("prompt").inc(result.prompt_tokens)
         self.tokens.labels("completion").inc(result.completion_tokens)
-
-    def observe_error(self, seconds: float) -> None:
-        self.solve_seconds.labels("error").observe(seconds)
 
     def exposition(self) -> bytes:
         """Ours, then the process-wide registry (process stats, and vLLM's own when it runs in-process)."""

@@ -187,4 +187,8 @@ class SolveResponse(BaseModel):
 class ErrorResponse(BaseModel):
     request_id: str | None = None
     message: str = Field(description="What went wrong, naming the offending field.")
-    detail: list[dict] | None = Field(None, description="Validation errors, one per field.")
+    detail: list[dict] | None = Field(
+        None,
+        description="Validation errors, one per field (the first 20); what they quote of the request is cut to "
+        "200 characters, marked '... (cut: N characters in all)'.",
+    )

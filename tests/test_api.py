@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.local import LocalExecutor
-from service.api import create_app
+from service.api import MAX_BODY_BYTES, create_app
 from service.settings import Settings
 from tests.doubles import ScriptedEngine, fails
 from tests.servers import serve_in_thread
@@ -164,6 +165,125 @@ def test_malformed_bodies(server: str, content: bytes, status: int, needle: str)
     response = httpx.post(f"{server}/solve", content=content, headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code == status, response.text
     assert needle in response.json()["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_quoting_none_of_it(server: str) -> None:
+    """No Content-Length to check up front: the bytes are counted as they arrive."""
+    problem = json.dumps({"problem": "x" * 1_000_000}).encode()
+    chunks = (problem[i : i + 16384] for i in range(0, len(problem), 16384))
+    response = httpx.post(f"{server}/solve", content=chunks, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["message"] == f"body: larger than {MAX_BODY_BYTES} bytes"
+    assert len(response.content) < 500 and response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_the_body_limit_stops_reading_an_endless_body() -> None:
+    """At the ASGI level: the app pulls no more chunks than the limit takes, then answers 413."""
+    app = create_app(Settings(), engine=ScriptedEngine(quick), executor=LocalExecutor())
+    chunk, pulled, sent = b"x" * 16384, 0, []
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled < 10_000}  # 160 MB at most
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/solve",
+        "raw_path": b"/solve",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert pulled == MAX_BODY_BYTES // len(chunk) + 1  # the first chunk past the limit, and no more
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"problem": "x" * 40_000},  # too long: pydantic quotes the input
+        {"problem": "p", "k" * 40_000: 1},  # an unknown key: quoted in the message and the location
+        {"problem": ["y" * 20_000, "z" * 20_000]},  # not a string: the whole list quoted
+    ],
+)
+def test_errors_quote_at_most_a_few_hundred_characters_of_the_input(server: str, body: dict) -> None:
+    response = solve(server, **body)
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 2000
+    error = response.json()
+    assert "cut: 400" in json.dumps(error)  # what was cut says so, and how long it was
+    assert error["message"].split(":")[0] in ("problem", "k" * 200 + "... (cut")
+
+
+def test_many_errors_are_listed_up_to_twenty(server: str) -> None:
+    body = {"problem": "p", **{f"extra{i}": i for i in range(500)}}
+    response = solve(server, **body)
+    assert response.status_code == 422 and len(response.json()["detail"]) == 20
+    assert response.json()["message"].endswith("; and 480 more errors")
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (b'{\n  "problem": "p"\n  "seed": 1\n}', "line 3, column 3: Expecting ',' delimiter"),
+        (b"{not json", "line 1, column 2: Expecting property name enclosed in double quotes"),
+        ('{"problem": "éé" 1}'.encode(), "line 1, column 18: Expecting ',' delimiter"),  # characters, not bytes
+    ],
+)
+def test_a_json_syntax_error_says_what_and_where(server: str, content: bytes, where: str) -> None:
+    response = httpx.post(f"{server}/solve", content=content, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["message"] == f"body: invalid JSON at {where}"
+    assert response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_a_body_not_declared_json_is_a_415_naming_the_header(server: str) -> None:
+    content = json.dumps({"problem": "What is 6 times 7?", "num_samples": 1}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):  # None: curl -d without -H
+        headers = {"content-type": content_type} if content_type else {}
+        response = httpx.post(f"{server}/solve", content=content, headers=headers, timeout=30)
+        assert response.status_code == 415, response.text
+        assert response.json()["message"].startswith("content-type:")
+        assert "Content-Type: application/json" in response.json()["message"]
+    for content_type in ("application/json; charset=utf-8", "application/problem+json"):  # JSON all the same
+        response = httpx.post(f"{server}/solve", content=content, headers={"content-type": content_type}, timeout=60)
+        assert response.status_code == 200, response.text
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{url}/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_every_candidate_failing_is_counted_in_the_metrics(server: str, script: Switchable) -> None:
+    before = metric_samples(server)
+    script.script = fails("connection refused by the model server")
+    assert solve(server, problem="p", num_samples=3).status_code == 503
+    after = metric_samples(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("sctir_candidates_total", status="failed") == 3
+    assert delta("sctir_candidate_steps_count") == 3
+    assert delta("sctir_solve_duration_seconds_count", outcome="error") == 1
+    assert delta("sctir_solve_duration_seconds_count", outcome="no_answer") == 0
 
 
 def test_every_candidate_failing_is_a_503(server: str, script: Switchable) -> None:
