@@ -21,14 +21,12 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
 
 from bench.constrained import ConstrainedVllmEngine
 from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
-from service.api import create_app
 from service.components import make_engine
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.engines.vllm_local import VllmEngine, VllmOptions
@@ -36,7 +34,6 @@ from service.machine import NUMINA_MODEL
 from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
-from tests.servers import serve_in_thread
 from tests.tiny_model import TINY_MAX_MODEL_LEN, tiny_vllm_options, tir_regex
 
 FALLBACK = "FALLBACK: {problem} :"
@@ -139,15 +136,6 @@ async def test_missing_model_path_is_a_clear_error(model: str, message: str) -> 
 async def test_model_dir_without_config(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="has no config.json"):
         await VllmEngine(VllmOptions(model=str(tmp_path))).start()
-
-
-async def test_start_failure_surfaces_in_readyz() -> None:
-    """`sctir serve --engine vllm` with a wrong model path keeps serving and says why it is not ready."""
-    settings = Settings(engine=EngineKind.VLLM, model="/models/missing")
-    with serve_in_thread(create_app(settings, executor=LocalExecutor()), "/healthz") as url:
-        response = await asyncio.to_thread(httpx.get, f"{url}/readyz")
-    assert response.status_code == 503
-    assert response.json()["errors"] == {"engine": "model path '/models/missing' not found"}
 
 
 async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
