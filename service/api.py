@@ -29,6 +29,7 @@ from service.components import make_engine, make_executor
 from service.engines.base import Engine
 from service.engines.vllm_local import VllmEngine
 from service.logs import request_id_var
+from service.machine import choose
 from service.metrics import Metrics
 from service.schemas import ErrorResponse, SolveRequest, SolveResponse
 from service.settings import Settings
@@ -225,6 +226,8 @@ async def cancel_on_disconnect(work: Awaitable[T], request: Request) -> T:
 
 def create_app(settings: Settings, engine: Engine | None = None, executor: Executor | None = None) -> FastAPI:
     """The service; tests pass their own engine or executor, production builds them from settings."""
+    if engine is None:  # the engine and model this machine can serve, and their request defaults
+        settings = choose(settings)
     engine = engine or make_engine(settings)
     executor = executor or make_executor(settings)
     metrics = Metrics()
