@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.exitcodes import ExitCode
+
 REQUEST_FLAGS = ("num_samples", "max_steps", "temperature", "max_new_tokens", "execution_mode", "deadline_s")
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command; its exit code (0 done, 130 interrupted: rerun to resume, 1 failed)."""
+    """The command; its exit code (service.exitcodes: rerun after 3 or 130 to resume)."""
     from rich.console import Console
 
     from service.evaluation.datasets import SETS, DatasetError, load_set
@@ -106,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
                 filter(None, [spec.local_file and f"local {spec.local_file}", spec.hub_id and f"hub {spec.hub_id}"])
             )
             console.print(f"[bold]{name}[/bold]: {spec.description} ({where}; {spec.answer_mode.value})")
-        return 0
+        return ExitCode.OK
     if not args.set_name:
         console.print("error: --set is required (or --list-sets)")
-        return 2
+        return ExitCode.USAGE
     try:
         problem_set = load_set(
             args.set_name,
@@ -120,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
         ).head(args.limit)
     except DatasetError as error:
         console.print(f"error: {error}")
-        return 1
+        return ExitCode.USAGE  # the set cannot be loaded: its message says why
     try:
         config = _config(args)
     except ValueError as error:
         console.print(f"error: {error}")
-        return 2
+        return ExitCode.USAGE
     return _run(args, problem_set, config, console)
 
 
@@ -168,14 +169,14 @@ def _run(args, problem_set, config, console) -> int:
     if args.report_only:
         if not (store.directory / "manifest.json").exists():
             console.print(f"error: no run in {store.directory} (give its --out, or the flags it was run with)")
-            return 1
+            return ExitCode.USAGE
         _print_paths(console, write_report(store, order))
-        return 0
+        return ExitCode.OK
     try:
         kept = store.open(wanted, fresh=args.fresh)
     except RunMismatch as error:
         console.print(f"error: {error}")
-        return 1
+        return ExitCode.USAGE  # another run's directory
     console.print(
         f"{problem_set.name}: {len(problem_set.problems)} problems x {config.seeds} seeds "
         f"({problem_set.source}); run directory {store.directory}"
@@ -184,9 +185,9 @@ def _run(args, problem_set, config, console) -> int:
     try:
         code = asyncio.run(_solve_all(args, problem_set, config, store, console))
     except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
+        code = ExitCode.INTERRUPTED
     saved = len(store.load())
-    if code == EXIT_INTERRUPTED:
+    if code == ExitCode.INTERRUPTED:
         console.print(f"interrupted: {saved} problem runs are saved; rerun the same command to resume")
     if not saved:
         return code
@@ -215,15 +216,15 @@ async def _solve_all(args, problem_set, config, store, console) -> int:
             await backend.start()
         except Exception as error:  # the engine, the executor or the service is not there
             console.print(f"error: cannot start {backend.description}: {error}")
-            return 1
+            return ExitCode.UNAVAILABLE
         with EvalProgress(console, problem_set.name, store, config.seeds, len(problem_set.problems)) as progress:
             await run_eval(problem_set, backend, store, config, on_record=progress.advance)
-        return 0
+        return ExitCode.OK
     except asyncio.CancelledError:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Unreachable as error:
         console.print(f"error: {error}")
-        return 1
+        return ExitCode.UNAVAILABLE
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await backend.close()
