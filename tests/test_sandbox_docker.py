@@ -46,7 +46,7 @@ def docker_problem(image: str = IMAGE) -> str | None:
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
-        return f"the sandbox image {image} is not built; run scripts/build-sandbox-image.sh"
+        return f"the sandbox image {image} is not built; run `make sandbox-image` (scripts/build-sandbox-image.sh)"
     return None
 
 
