@@ -18,6 +18,8 @@ def test_every_setting_is_in_the_readme_table() -> None:
 
 def test_setup_commands_are_make_targets_and_ci_runs_the_test_one() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert "```bash\nmake serve\n```" in README and "\nserve:" in makefile
-    assert "```bash\nmake test\n```" in README and "\ntest:" in makefile
+    quick_start = README.split("## Quick start", 1)[1]
+    first_block = quick_start.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split()[:2] for line in first_block] == [["make", "serve"], ["make", "test"]]
+    assert "\nserve:" in makefile and "\ntest:" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
