@@ -369,7 +369,9 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
         all_failed = len(failures) == len(result.candidates)
         metrics.observe_solve(result, time.monotonic() - started, all_failed=all_failed)
         if all_failed:
-            return error(request, 503, f"every candidate failed; first error: {failures[0]}")
+            message = f"every candidate failed; first error: {failures[0]}"
+            log.error(message)
+            return error(request, 503, message)
         log.info(
             "solved",
             extra={"answer": result.answer, "agreement": result.agreement, "total_s": round(result.total_s, 3)},

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sandbox.executor import ExecutionResult, Executor
+from sandbox.executor import ExecutionResult, Executor, ExecutorError
 from service.answers import AnswerMode, Ballot, read_answer
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.tir import (
@@ -356,7 +356,11 @@ class Solver:
         started = time.monotonic()
         try:
             result = await self.executor.execute(code, session_id=session_id, tenant=tenant)
-        except Exception as error:  # an executor fault is the candidate's, not the request's
+        except ExecutorError as error:  # the sandbox could not run it: the candidate's failure, never its output
+            log.debug("candidate %d failed: executor: %s", candidate.index, error)  # the response says it once
+            candidate.finish(CandidateStatus.FAILED, f"executor: {error}")
+            return None
+        except Exception as error:  # a bug must cost one candidate, not the request
             log.exception("executor failed")
             candidate.finish(CandidateStatus.FAILED, f"executor: {error}")
             return None
