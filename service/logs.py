@@ -14,12 +14,13 @@ before vLLM re-applies the configuration.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import hashlib
 import json
 import logging
 import logging.config
 import os
+import stat
 import sys
 import tempfile
 from contextvars import ContextVar
@@ -55,7 +56,6 @@ NOISE = (
     ("urllib3.connectionpool", "Connection pool is full"),  # many sandbox calls at once: harmless
 )
 CONFIG_PREFIX = "sctir-logging-"  # of the files configure_logging writes for vLLM
-_config_path: str | None = None  # the one this process wrote
 
 
 class RequestIdFilter(logging.Filter):
@@ -165,14 +165,15 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
     Variables the user set (VLLM_LOGGING_CONFIG_PATH, VLLM_CONFIGURE_LOGGING=0, TORCH_LOGS...) win.
     """
-    global _config_path
     config = logging_config(level, log_format)
     logging.config.dictConfig(config)
     logging.captureWarnings(True)  # libraries' Python warnings: py.warnings, shown at the debug level
     given = os.environ.get("VLLM_LOGGING_CONFIG_PATH")  # a parent sctir's file is replaced, the user's kept
     if (given is None or _ours(given)) and os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
-        _config_path = _write_config(config, _config_path)
-        os.environ["VLLM_LOGGING_CONFIG_PATH"] = _config_path
+        try:
+            os.environ["VLLM_LOGGING_CONFIG_PATH"] = _config_file(config)
+        except OSError as error:
+            logging.getLogger(__name__).warning("vLLM logs in its own format, on stdout: %s", error)
     if level.upper() != "DEBUG":
         os.environ.setdefault("TORCH_LOGS", "-all")  # torch's loggers at ERROR
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # its C++ warnings (e.g. NUMA binding)
@@ -195,17 +196,20 @@ def _ours(path: str) -> bool:
     return os.path.basename(path).startswith(CONFIG_PREFIX)
 
 
-def _write_config(config: dict[str, Any], path: str | None) -> str:
-    """The configuration in a file (vLLM reads a path): `path` again, or a new one removed at exit."""
-    if path is None:
-        descriptor, path = tempfile.mkstemp(prefix=CONFIG_PREFIX, suffix=".json")
-        os.close(descriptor)
-        atexit.register(_remove, path)
-    with open(path, "w") as file:
-        json.dump(config, file)
+def _config_file(config: dict[str, Any]) -> str:
+    """The configuration in a file, since vLLM reads a path: one file per configuration (a handful), in a
+    directory of this user's alone, kept for the next process (a server stopped by SIGTERM could not
+    remove its own). The file holds class names dictConfig instantiates, so nobody else may write there."""
+    text = json.dumps(config, sort_keys=True)
+    directory = os.path.join(tempfile.gettempdir(), f"sctir-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not a directory of this user's alone")
+    path = os.path.join(directory, f"{CONFIG_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:16]}.json")
+    if not os.path.exists(path):
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as file:
+            file.write(text)
+        os.replace(file.name, path)  # whole or absent, for a process reading it at the same time
     return path
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
