@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from service import exitcodes
+from service.answers import AnswerMode, Ballot
 from service.evaluation import command as eval_command
 from service.exitcodes import ExitCode
 from service.logs import configure_logging, configure_spawned_child
@@ -33,7 +34,7 @@ configure_spawned_child()  # in vLLM's engine core, which re-runs this module fi
 console = Console()
 
 EPILOG = f"""\
-exit codes of solve and eval:
+exit codes:
 {exitcodes.table()}
 
 Errors are one line on stderr (sctir: error: what happened; what to do); --debug adds the traceback.
@@ -57,7 +58,10 @@ def load_settings(cli_args: list[str] | None = None) -> Settings:
     try:
         return Settings() if cli_args is None else Settings(_cli_parse_args=cli_args)
     except ValidationError as exc:
-        bad = "; ".join(f"SCTIR_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        bad = "; ".join(
+            f"SCTIR_{str(e['loc'][0]).upper()} (--{str(e['loc'][0]).replace('_', '-')}): {e['msg']}"
+            for e in exc.errors()
+        )
         raise CliError(ExitCode.USAGE, f"invalid setting: {bad}", "fix it (sctir serve --help lists them)") from exc
 
 
@@ -72,7 +76,12 @@ def serve(args: argparse.Namespace, rest: list[str]) -> int:
 
     settings = load_settings(rest)
     configure_logs(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    except SystemExit as stopped:  # uvicorn's, once it logged why: the port, the engine or the executor
+        if stopped.code:
+            return ExitCode.UNAVAILABLE
+        raise
     return ExitCode.OK
 
 
@@ -99,7 +108,7 @@ class SolveProgress:
         self.task = self.progress.add_task(description, total=None)
         self.done = 0
         self.total = 0
-        self.ballot: Any = None
+        self.ballot: Ballot | None = None
 
     def __enter__(self) -> SolveProgress:
         self.progress.start()
@@ -111,15 +120,13 @@ class SolveProgress:
     def phase(self, description: str) -> None:
         self.progress.update(self.task, description=description)
 
-    def solving(self, total: int, answer_mode: Any) -> None:
-        from service.answers import Ballot
-
+    def solving(self, total: int, answer_mode: AnswerMode) -> None:
         self.done, self.total, self.ballot = 0, total, Ballot(answer_mode)
         self.progress.update(self.task, description=f"0/{total} candidates", total=total, completed=0)
 
     def candidate_done(self, candidate: Candidate) -> None:
         """The Solver's on_candidate: count it and its vote (the live leader, as the solver's early stop sees it)."""
-        if not self.enabled:
+        if not self.enabled or self.ballot is None:
             return
         self.done += 1
         if candidate.answer is not None:
@@ -268,7 +275,7 @@ def solve(args: argparse.Namespace, rest: list[str]) -> int:
         raise CliError(
             ExitCode.UNAVAILABLE,
             f"every candidate failed; the first: {failed[0].error}",
-            "check the engine and the executor (SCTIR_LOG_LEVEL=info shows them start)",
+            "check the engine and the executor (--log-level info shows what they log)",
         )
     if args.json:
         out.write(response.model_dump_json(indent=2) + "\n")
@@ -290,10 +297,10 @@ def solve(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    settings = load_settings()
-    configure_logs(settings, args.log_level or _quiet_level(settings))
     from service.machine import NoModel
 
+    settings = load_settings()
+    configure_logs(settings, args.log_level or _quiet_level(settings))
     try:
         return eval_command.run(args)
     except NoModel as error:  # in-process, nothing to serve: its message says which setting to give

@@ -1,4 +1,4 @@
-"""The exit codes of `sctir solve` and `sctir eval`: one table, for the code, `sctir --help` and the README."""
+"""The exit codes of `sctir solve`, `eval` and `serve`: one table, for the code, `sctir --help` and the README."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ MEANINGS = {
     ExitCode.OK: "solve: an answer; eval: the run finished and its report is written",
     ExitCode.NO_ANSWER: "solve: no answer (the candidates finished without a valid one)",
     ExitCode.USAGE: "usage: a bad flag, setting (SCTIR_*) or input (problem set, run directory)",
-    ExitCode.UNAVAILABLE: "the engine, the executor or the service (--url) cannot be reached or started, "
-    "or every candidate failed; eval: rerun the same command to resume",
+    ExitCode.UNAVAILABLE: "unavailable: the engine, the executor or the service (--url) cannot be reached or "
+    "started, or every candidate failed; eval: rerun the same command to resume; serve: it could not start "
+    "(the port, the engine or the executor: its log says which)",
     ExitCode.INTERNAL: "an unexpected error (a bug): --debug shows the traceback",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); eval: rerun the same command to resume",
 }

@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -236,6 +237,17 @@ def test_help_lists_the_exit_codes() -> None:
     assert run.returncode == 0 and "exit codes" in run.stdout
     for code in ExitCode:
         assert re.search(rf"^  {code.value} ", run.stdout, re.MULTILINE), code
+
+
+def test_serve_that_cannot_bind_its_port_says_so_and_exits_unavailable(model_server: FakeServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        run = sctir("serve", "--port", port, env=engine_env(model_server), timeout=60)
+    assert run.returncode == ExitCode.UNAVAILABLE and "Traceback" not in run.stderr
+    [error] = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert "address already in use" in error and LOG_LINE.match(error)
 
 
 def test_serve_help_lists_every_setting() -> None:
