@@ -30,6 +30,7 @@ from service.evaluation.harness import EvalConfig, manifest, run_eval
 from service.evaluation.report import write_report
 from service.evaluation.scoring import request_seed
 from service.evaluation.store import RunMismatch, RunStore
+from service.exitcodes import ExitCode
 from service.settings import Settings
 from service.solver import derive_seed
 from service.tir import OUTPUT_MARKER
@@ -221,14 +222,14 @@ def test_command_over_http_killed_and_resumed(tmp_path: Path) -> None:
 def test_command_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert run(parser.parse_args(["--set", str(tmp_path / "nope.jsonl")])) == 1
+    assert run(parser.parse_args(["--set", str(tmp_path / "nope.jsonl")])) == ExitCode.USAGE
     assert "file not found" in capsys.readouterr().err
     data = write_set(tmp_path / "arith.jsonl", PROBLEMS)
-    assert run(parser.parse_args(["--set", str(data), "--num-samples", "0"])) == 2
+    assert run(parser.parse_args(["--set", str(data), "--num-samples", "0"])) == ExitCode.USAGE
     assert "num_samples" in capsys.readouterr().err
-    assert run(parser.parse_args(["--set", str(data), "--budget-s", "-1"])) == 2
+    assert run(parser.parse_args(["--set", str(data), "--budget-s", "-1"])) == ExitCode.USAGE
     assert "budget" in capsys.readouterr().err
-    assert run(parser.parse_args(["--set", str(data), "--report-only", "--out", str(tmp_path / "none")])) == 1
+    assert run(parser.parse_args(["--set", str(data), "--report-only", "--out", str(tmp_path / "none")])) == ExitCode.USAGE
     assert "no run in" in capsys.readouterr().err
     assert run(parser.parse_args(["--list-sets"])) == 0
     listing = capsys.readouterr().err
