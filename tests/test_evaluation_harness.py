@@ -229,7 +229,8 @@ def test_command_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "num_samples" in capsys.readouterr().err
     assert run(parser.parse_args(["--set", str(data), "--budget-s", "-1"])) == ExitCode.USAGE
     assert "budget" in capsys.readouterr().err
-    assert run(parser.parse_args(["--set", str(data), "--report-only", "--out", str(tmp_path / "none")])) == ExitCode.USAGE
+    report_only = ["--set", str(data), "--report-only", "--out", str(tmp_path / "none")]
+    assert run(parser.parse_args(report_only)) == ExitCode.USAGE
     assert "no run in" in capsys.readouterr().err
     assert run(parser.parse_args(["--list-sets"])) == 0
     listing = capsys.readouterr().err
