@@ -374,7 +374,12 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
             return error(request, 503, message)
         log.info(
             "solved",
-            extra={"answer": result.answer, "agreement": result.agreement, "total_s": round(result.total_s, 3)},
+            extra={
+                "answer": result.answer,
+                "agreement": round(result.agreement, 3),
+                "candidates": len(result.candidates),
+                "total_s": round(result.total_s, 3),
+            },
         )
         return SolveResponse.from_result(result, config, request_id, queue_s, body.return_traces)
 

@@ -84,6 +84,7 @@ def test_settings_become_engine_arguments() -> None:
         "enable_chunked_prefill": True,
         "attention_backend": "TRITON_ATTN",
         "disable_log_stats": False,
+        "use_tqdm_on_load": sys.stderr.isatty(),  # the weights progress bar only on a terminal
     }
     assert engine.options.engine_args(cpu=True)["enable_chunked_prefill"] is True  # set: kept on CPU
 

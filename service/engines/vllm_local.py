@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,7 @@ class VllmOptions:
             "enforce_eager": self.enforce_eager,
             "seed": self.seed,
             "disable_log_stats": self.disable_log_stats,
+            "use_tqdm_on_load": sys.stderr.isatty(),  # a progress bar is for a terminal, not for log files
         }
         optional = {
             "revision": self.revision,
