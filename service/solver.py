@@ -274,7 +274,7 @@ class Solver:
                 decided.set()
 
         tasks = [asyncio.create_task(run(c), name=f"{request_id}-{c.index}") for c in candidates]
-        all_done = asyncio.gather(*tasks)
+        all_done = asyncio.ensure_future(asyncio.wait(tasks))
         decided_wait = asyncio.create_task(decided.wait())
         try:  # the request is the sandbox's tenant: its code never meets another request's
             done, _ = await asyncio.wait(
@@ -283,7 +283,12 @@ class Solver:
             stopped_early = decided_wait in done and bool(running)
             deadline_hit = not done
         finally:
-            all_done.cancel()  # cancels the candidates still running
+            for task in tasks:
+                task.cancel()  # the candidates still running: each aborts its engine step or its block
+            # Every candidate, not just the first to end, has let go of what it held (an engine request,
+            # a sandbox slot, a session) before the request's tenancy ends and its response is sent.
+            await asyncio.wait(tasks)
+            all_done.cancel()
             decided_wait.cancel()
             await asyncio.gather(all_done, decided_wait, return_exceptions=True)
             await self._release(request_id)

@@ -230,6 +230,24 @@ async def test_early_stop_exactly_when_the_leader_is_unbeatable(executor):
     assert sorted(engine.aborted) == ["r-3-1", "r-4-1"] and not engine.running
 
 
+async def test_cancelled_candidates_let_go_of_their_sandbox_before_the_result(executor):
+    """Early stopping cancels two candidates in the middle of a long block: when solve() returns,
+    no execution, session or engine step of theirs is still held (the response goes after it)."""
+
+    def script(candidate: int, step: int, prompt: str) -> tuple[str, float]:
+        if candidate >= 3:
+            return code("import time\ntime.sleep(30)"), 0.0
+        return [code("3"), boxed(3)][step], 0.2 * candidate
+
+    engine = ScriptedEngine(script)
+    cfg = config(num_samples=5, early_stop=True, execution_mode=ExecutionMode.SESSION)
+    result = await Solver(engine, executor).solve(PROBLEM, cfg, "r")
+    assert result.stopped_early and [c.status for c in result.candidates][3:] == [CandidateStatus.CANCELLED] * 2
+    stats = executor.stats()
+    assert (stats["busy"], stats["sessions"], stats["leased"]) == (0, 0, 0), stats
+    assert not engine.running
+
+
 async def test_no_early_stop_while_the_vote_can_still_flip(executor):
     # finishing in index order: after three votes "1" leads 2-1, but candidate 3 can still tie it,
     # and a tie goes to "2", whose first supporter (0) has the lowest index
