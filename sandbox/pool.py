@@ -61,6 +61,10 @@ CREATED_GRACE_S = 60.0  # a never-started container of an owner out of our sight
 GVISOR_MIN_PIDS = 1024
 WORKROOT = "/run/sctir"  # the runner's per-execution directories, in a container: a tmpfs of its own
 RESET_NOTE = "The session state was reset."
+# Every runner's stream carries a ping at least this often: a proxy between the pool and the Docker
+# engine closes idle streams (the compose stack's docker-api, HAProxy: after 10 minutes), which would
+# end the runner (its stdin closes) and with it the sessions it holds.
+KEEPALIVE_S = 60.0
 
 
 class SandboxUnavailable(ExecutorError):
@@ -692,8 +696,17 @@ class DockerBackend(Backend):
         return container, sock
 
     def _remove(self, container) -> None:
-        with contextlib.suppress(Exception):
+        """Remove `container`; one the engine could not be asked to remove (unreachable: a proxy restarting)
+        stays in `created`, so cleanup() tries again and nothing is left behind."""
+        import docker.errors
+
+        try:
             container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as error:
+            log.debug("sandbox container %s not removed yet: %s", container.short_id, error)
+            return
         self.created.discard(container.id)
 
     async def death_reason(self, slot: Slot) -> str:
@@ -772,6 +785,7 @@ class SandboxPool:
         name: str = "sandbox",
         isolate_tenants: bool = False,
         max_slots: int | None = None,
+        keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         if size < 1 or concurrency < 1 or timeout_s <= 0 or max_output_bytes <= 0:
             raise ValueError("size, concurrency, timeout_s and max_output_bytes must be positive")
@@ -799,6 +813,8 @@ class SandboxPool:
         self._launches = itertools.count(1)
         self._picks = itertools.count(1)
         self._start_lock = asyncio.Lock()
+        self.keepalive_s = keepalive_s
+        self._keeping_alive = False
         self.counters = {"executions": 0, "replaced": 0, "slot_failures": 0, "killed_by_slot_loss": 0, "released": 0}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -825,6 +841,9 @@ class SandboxPool:
             if errors:
                 self._replenish(delay=0.5)
             self.start_error = None
+            if not self._keeping_alive:
+                self._keeping_alive = True
+                self._spawn_task(self._keep_alive())
 
     async def ready(self) -> bool:
         return bool(self._live())
@@ -924,6 +943,20 @@ class SandboxPool:
             self._starting -= 1
             async with self._changed:
                 self._changed.notify_all()
+
+    async def _keep_alive(self) -> None:
+        """Ping every live runner each `keepalive_s` (see KEEPALIVE_S): traffic both ways on its stream."""
+        try:
+            while not self._closed:
+                await asyncio.sleep(self.keepalive_s)
+                await asyncio.gather(*(self._ping(slot) for slot in self._live()))
+        finally:
+            self._keeping_alive = False
+
+    async def _ping(self, slot: Slot) -> None:
+        # Only the traffic matters here: a runner that died or froze is its watcher's and the health checks' business.
+        with contextlib.suppress(TimeoutError, RunnerLost):
+            await slot.conn.call({"op": "ping"}, self.keepalive_s)
 
     async def _watch(self, slot: Slot) -> None:
         """Replace `slot` once its runner is gone."""
