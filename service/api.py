@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandbox.executor import Executor
 from service.admission import Admission, Overloaded
 from service.components import make_engine, make_executor
-from service.engines.base import Engine
+from service.engines.base import READY_TIMEOUT_S, Engine
 from service.engines.vllm_local import VllmEngine
 from service.logs import request_id_var
 from service.machine import choose
@@ -40,6 +40,10 @@ T = TypeVar("T")
 MAX_BODY_BYTES = 64 * 1024
 QUOTE_CHARS = 200  # of the client's input quoted back in an error
 ERRORS_SHOWN = 20  # validation errors listed in one response
+# Retry-After of a 503 the engine caused (not ready, or every candidate failed on it): a stalled or
+# restarting engine is back in seconds, or the next 503 says the same again at once.
+ENGINE_RETRY_AFTER_S = 5
+ENGINE_FAILURE = "engine: "  # how the solver begins a candidate's error that the engine caused
 
 
 class ClientGone(Exception):
@@ -319,19 +323,29 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def engine_ready() -> bool:
+        """The engine's own check, bounded: a probe must say "not ready" about a frozen engine in a second or so."""
+        try:
+            return await asyncio.wait_for(engine.ready(), 2 * READY_TIMEOUT_S)
+        except TimeoutError:
+            return False
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
-        metrics.engine_ready.set(await engine.ready())
+        metrics.engine_ready.set(await engine_ready())
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz", summary="The engine and the executor can take work")
     async def readyz() -> JSONResponse:
-        checks = {"engine": await engine.ready(), "executor": await executor.ready()}
+        checks = {"engine": await engine_ready(), "executor": await executor.ready()}
         metrics.engine_ready.set(checks["engine"])
         body: dict[str, Any] = {"ready": all(checks.values()), **checks}
         if startup_errors and not body["ready"]:
             body["errors"] = startup_errors
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+        if body["ready"]:
+            return JSONResponse(body)
+        headers = {} if checks["engine"] else {"Retry-After": str(ENGINE_RETRY_AFTER_S)}
+        return JSONResponse(body, status_code=503, headers=headers)
 
     guards = [Depends(require_api_key)] if accepted_keys else []
 
@@ -371,7 +385,9 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
         if all_failed:
             message = f"every candidate failed; first error: {failures[0]}"
             log.error(message)
-            return error(request, 503, message)
+            engine_down = any((failure or "").startswith(ENGINE_FAILURE) for failure in failures)
+            headers = {"Retry-After": str(ENGINE_RETRY_AFTER_S)} if engine_down else None
+            return error(request, 503, message, headers=headers)
         log.info(
             "solved",
             extra={

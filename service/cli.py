@@ -21,6 +21,7 @@ from rich.table import Table
 
 from service import exitcodes
 from service.answers import AnswerMode, Ballot
+from service.engines.lifetime import adopt_children, die_with_parent_if_spawned
 from service.evaluation import command as eval_command
 from service.exitcodes import ExitCode
 from service.logs import configure_logging, configure_spawned_child
@@ -30,6 +31,7 @@ from service.settings import Settings
 if TYPE_CHECKING:  # pragma: no cover
     from service.solver import Candidate
 
+die_with_parent_if_spawned()  # in vLLM's engine core and its worker: not one second longer (service.engines.lifetime)
 configure_spawned_child()  # in vLLM's engine core, which re-runs this module first (see service.logs)
 console = Console()
 
@@ -384,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    adopt_children()  # the engine's processes die with this one, even killed by SIGKILL
     parser = build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":

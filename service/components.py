@@ -27,6 +27,7 @@ def make_engine(settings: Settings) -> Engine:
                 api_key=settings.remote_api_key.get_secret_value() if settings.remote_api_key else None,
                 prompt_template=settings.prompt_template,
                 timeout_s=settings.remote_timeout_s,
+                stall_s=settings.engine_stall_s,
             )
         case EngineKind.VLLM:
             # Imported here: vLLM is an optional dependency (the module itself imports it in start()).
@@ -48,7 +49,7 @@ def make_engine(settings: Settings) -> Engine:
                 enable_chunked_prefill=settings.enable_chunked_prefill,
                 attention_backend=settings.attention_backend,
             )
-            return VllmEngine(options, prompt_template=settings.prompt_template)
+            return VllmEngine(options, prompt_template=settings.prompt_template, stall_s=settings.engine_stall_s)
 
 
 def make_executor(settings: Settings) -> Executor:

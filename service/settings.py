@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.answers import AnswerMode
+from service.engines.base import DEFAULT_STALL_S
 from service.solver import ExecutionMode, Profile
 
 NUMINA_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
@@ -72,6 +73,12 @@ class Settings(BaseSettings):
     remote_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server.")
     remote_api_key: SecretStr | None = Field(None, description="Bearer token for the remote server.")
     remote_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one remote step.")
+    engine_stall_s: float = Field(
+        DEFAULT_STALL_S,
+        gt=0,
+        description="Seconds without a token from the engine (for any step in flight) after which the waiting "
+        "steps fail: their candidates fail with 'engine stalled' (a frozen or hung engine).",
+    )
     prompt_template: str = Field(
         NUMINA_PROMPT_TEMPLATE,
         description="Chat template; {problem} is replaced by the problem. The vllm engine uses the "

@@ -369,3 +369,39 @@ async def test_startup_failure_surfaces_in_readyz() -> None:
         response = await asyncio.to_thread(httpx.get, f"{url}/readyz")
     assert response.status_code == 503
     assert response.json()["errors"] == {"engine": "model weights not found at /models/x"}
+
+
+def test_an_engine_outage_503_says_when_to_retry(server: str, script: Switchable) -> None:
+    """Every candidate failed on the engine (down, stalled): the client may come back in a few seconds."""
+    script.script = fails("engine stalled: no token for 20 s")
+    response = solve(server, problem="p", num_samples=2)
+    assert response.status_code == 503
+    assert (
+        response.json()["message"] == "every candidate failed; first error: engine: engine stalled: no token for 20 s"
+    )
+    assert 1 <= int(response.headers["retry-after"]) <= 10
+
+
+def test_a_not_ready_engine_503_says_when_to_retry(server: str, engine: ScriptedEngine) -> None:
+    engine.is_ready = False
+    response = httpx.get(f"{server}/readyz")
+    assert response.status_code == 503 and response.json()["engine"] is False
+    assert 1 <= int(response.headers["retry-after"]) <= 10
+
+
+async def test_readyz_answers_in_seconds_when_the_engine_check_hangs() -> None:
+    """An engine that does not answer its liveness check (a frozen process) is not ready, and /readyz says so
+    in about two seconds, not at the engine's own timeout."""
+
+    class FrozenEngine(ScriptedEngine):
+        async def ready(self) -> bool:
+            await asyncio.sleep(600)
+            return True
+
+    app = create_app(Settings(), engine=FrozenEngine(quick), executor=LocalExecutor())
+    with serve_in_thread(app, "/healthz") as url:
+        started = time.monotonic()
+        response = await asyncio.to_thread(httpx.get, f"{url}/readyz", timeout=30)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503 and response.json()["engine"] is False
+    assert elapsed < 4.0

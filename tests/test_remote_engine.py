@@ -2,19 +2,32 @@
 
 Only the LLM's text is scripted (per prompt); everything else is real HTTP, so the
 tests also check that cancelling a step closes its connection, which is what makes
-vLLM abort the request.
+vLLM abort the request. The first server answers in one JSON body (a server that does
+not stream); the second streams server-sent events as vLLM does, with pauses where a
+test needs them (the stall detector), and two raw sockets play a stopped server and
+a connection reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import struct
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from service.engines.base import Engine, EngineError, SamplingParams, StepRequest
+from service.engines.base import ContextExhausted, Engine, EngineError, EngineStalled, SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
 from tests.openai_stub import MODEL, FakeServer, Reply, completion, make_app
 from tests.servers import serve_in_thread
@@ -80,6 +93,8 @@ async def test_request_body_and_headers(server: FakeServer, engine: RemoteEngine
         "seed": 42,
         "n": 1,
         "include_stop_str_in_output": True,
+        "stream": True,  # the stall detector sees every token (this server answers in one body all the same)
+        "stream_options": {"include_usage": True},
     }
     assert received.headers["authorization"] == f"Bearer {API_KEY}"
     assert received.headers["x-request-id"] == "cand-3-step-1"
@@ -245,3 +260,185 @@ async def test_abort_unknown_id_is_a_noop(server: FakeServer, engine: RemoteEngi
     await engine.complete(step(prompt, request_id="done"))
     await engine.abort("done")  # finished
     assert await engine.ready()
+
+
+# -- streamed steps: the stall detector, mid-stream errors, transport failures ---------------------
+
+
+@dataclass
+class Stream:
+    """What the streaming server sends for one prompt: (seconds to wait, event data) pairs, then
+    nothing at all until the client leaves when `hang`."""
+
+    events: list[tuple[float, str]]
+    hang: bool = False
+
+
+def chunk(text: str, finish_reason: str | None = None, stop_reason: str | int | None = None) -> str:
+    choice = {"index": 0, "text": text, "finish_reason": finish_reason, "stop_reason": stop_reason}
+    return json.dumps({"id": "cmpl-s", "object": "text_completion", "choices": [choice]})
+
+
+USAGE = json.dumps({"id": "cmpl-s", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+
+
+@dataclass
+class StreamingServer:
+    """An OpenAI-compatible server that streams (text/event-stream) what `streams` scripts per prompt."""
+
+    url: str = ""
+    streams: dict[str, Stream] = field(default_factory=dict)
+    disconnected: set[str] = field(default_factory=set)
+
+    def app(self) -> Starlette:
+        async def models(request: Request) -> Response:
+            return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+        async def completions(request: Request) -> Response:
+            prompt = (await request.json())["prompt"]
+            stream = self.streams[prompt]
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    for delay, data in stream.events:
+                        await asyncio.sleep(delay)
+                        yield f"data: {data}\n\n"
+                    if stream.hang:
+                        await asyncio.sleep(3600)
+                    yield "data: [DONE]\n\n"
+                except asyncio.CancelledError:  # Starlette cancels the stream when the client leaves
+                    self.disconnected.add(prompt)
+                    raise
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])])
+
+
+@pytest.fixture(scope="module")
+def streaming() -> Iterator[StreamingServer]:
+    state = StreamingServer()
+    with serve_in_thread(state.app(), "/v1/models", lifespan="off") as base:
+        state.url = f"{base}/v1"
+        yield state
+
+
+@pytest.fixture
+async def streamed(streaming: StreamingServer) -> AsyncIterator[RemoteEngine]:
+    """A remote engine on the streaming server that calls a step stalled after 1 s without a chunk."""
+    eng = RemoteEngine(base_url=streaming.url, model=MODEL, timeout_s=30.0, stall_s=1.0)
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+async def test_a_streamed_step_joins_its_chunks(streaming: StreamingServer, streamed: RemoteEngine) -> None:
+    streaming.streams["joined"] = Stream(
+        [(0, chunk("Let me ")), (0, chunk(CODE[7:])), (0, chunk("", "stop", STOP)), (0, USAGE)]
+    )
+    result = await streamed.complete(step("joined"))
+    assert (result.text, result.finish_reason) == (CODE + STOP, "stop")  # the matched stop string kept
+    assert (result.prompt_tokens, result.completion_tokens) == (5, 3)
+
+
+async def test_a_step_whose_stream_goes_silent_fails_as_stalled(
+    streaming: StreamingServer, streamed: RemoteEngine
+) -> None:
+    """A frozen server sends nothing and fails nothing: the step fails 1 s after its last chunk."""
+    streaming.streams["silent"] = Stream([(0, chunk("Let me")), (0.2, chunk(" think"))], hang=True)
+    started = time.monotonic()
+    with pytest.raises(EngineStalled, match="^engine stalled: no token for 1 s$"):
+        await asyncio.wait_for(streamed.complete(step("silent", request_id="silent-1")), 10)
+    assert 1.0 <= time.monotonic() - started < 3.0
+    for _ in range(100):  # the server saw the connection close: vLLM aborts the request then
+        if "silent" in streaming.disconnected:
+            break
+        await asyncio.sleep(0.02)
+    assert "silent" in streaming.disconnected and "silent-1" not in streamed._in_flight
+
+
+async def test_a_queued_step_is_not_stalled_while_other_steps_get_tokens(
+    streaming: StreamingServer, streamed: RemoteEngine
+) -> None:
+    """Waiting 2.5 s for its first chunk (a full batch ahead of it) is no stall while the engine streams."""
+    streaming.streams["busy"] = Stream([(0.25, chunk("x")) for _ in range(12)] + [(0, chunk("", "length"))])
+    streaming.streams["queued"] = Stream([(2.5, chunk("late")), (0, chunk("", "length"))])
+    busy, queued = await asyncio.gather(
+        streamed.complete(step("busy", request_id="busy")), streamed.complete(step("queued", request_id="queued"))
+    )
+    assert (busy.text, queued.text) == ("x" * 12, "late")
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [("the engine died", EngineError), ("This model's maximum context length is 4096 tokens", ContextExhausted)],
+)
+async def test_an_error_event_mid_stream_is_an_engine_error(
+    streaming: StreamingServer, streamed: RemoteEngine, message: str, kind: type[EngineError]
+) -> None:
+    error = json.dumps({"error": {"object": "error", "message": message, "code": 400}})
+    streaming.streams[message] = Stream([(0, chunk("a")), (0, error)])
+    with pytest.raises(kind) as failure:
+        await streamed.complete(step(message))
+    assert type(failure.value) is kind and str(failure.value).endswith(f"failed mid-stream: {message}")
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A port that accepts connections (the kernel's backlog) and never answers: a stopped server."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    sock.close()
+
+
+async def test_ready_says_no_within_a_second_or_so_when_the_server_does_not_answer(silent_url: str) -> None:
+    eng = RemoteEngine(base_url=silent_url, model=MODEL, stall_s=1.0)
+    eng._client = httpx.AsyncClient()  # started: start() itself would wait for the answer
+    try:
+        started = time.monotonic()
+        assert await eng.ready() is False
+        assert time.monotonic() - started < 2.0  # it used to take 5 s
+    finally:
+        await eng.close()
+
+
+@pytest.fixture
+def resetting_url() -> Iterator[str]:
+    """A server that reads the request, then resets the connection (SO_LINGER 0): httpx raises ReadError()."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+async def test_a_reset_connection_is_an_engine_error_that_says_what_happened(resetting_url: str) -> None:
+    eng = RemoteEngine(base_url=resetting_url, model=MODEL)
+    eng._client = httpx.AsyncClient()
+    try:
+        with pytest.raises(EngineError) as failure:
+            await eng.complete(step("anything"))
+    finally:
+        await eng.close()
+    message = str(failure.value)
+    assert message.startswith(f"POST {resetting_url}/completions failed: ReadError: ")
+    assert message.removeprefix(f"POST {resetting_url}/completions failed: ReadError: ").strip()  # it was empty

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import weakref
@@ -144,6 +147,74 @@ async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", None)  # makes the import fail
     with pytest.raises(EngineError, match="vLLM is not installed.*install-vllm-cpu.sh"):
         await VllmEngine(VllmOptions(model=str(tmp_path))).start()
+
+
+# -- the engine's processes die with the service (service/engines/lifetime.py) ----------------------
+
+# A parent like `sctir serve`: sctir's children are tied to it (main() calls adopt_children), and it starts
+# one the way vLLM starts its engine core, which prints when it runs and sleeps.
+PARENT = r"""
+import multiprocessing, os, sys, time
+import service.cli  # what a spawned child re-imports first: sctir's hook for its children
+from service.engines.lifetime import adopt_children
+
+def child():
+    os.write(1, b"child running\n")  # one write: the parent writes to the same pipe
+    time.sleep(600)
+
+if __name__ == "__main__":
+    adopt_children()
+    process = multiprocessing.get_context(sys.argv[1]).Process(target=child)
+    process.start()
+    os.write(1, f"{process.pid}\n".encode())
+    time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie left for its new parent to reap has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])  # vLLM spawns on CPU, forks by default on CUDA
+def test_a_child_of_sctir_dies_with_its_parent_killed_by_sigkill(tmp_path: Path, start_method: str) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), start_method],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+    )
+    child = None
+    try:
+        lines = {parent.stdout.readline(), parent.stdout.readline()}  # in either order
+        assert "child running\n" in lines
+        child = int(next(line for line in lines if line != "child running\n"))
+        assert running(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(child), "the child outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child is not None and running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_whose_parent_is_gone_already_dies_at_once() -> None:
+    """The parent may die before the child asks for the signal: the child compares and dies."""
+    code = "from service.engines.lifetime import die_with_parent; die_with_parent(1); print('alive')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (-signal.SIGKILL, "")
 
 
 # -- the real engine ---------------------------------------------------------------------------------

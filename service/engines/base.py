@@ -15,8 +15,28 @@ from typing import Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "length", "abort"]
 
 
+# Engines answer "are you alive?" within this, so /readyz says "not ready" about a frozen engine in a
+# second instead of at a long timeout (a healthy engine answers in milliseconds, even when busy).
+READY_TIMEOUT_S = 1.0
+# Longest silence (no token for any step in flight) before the steps waiting on an engine fail:
+# SCTIR_ENGINE_STALL_S. The longest a step of the demo model waited for the engine's next token was
+# 0.38 s (two problems of 48 candidates at once, code executed, on 2 CPU cores shared with other
+# work at a load average of 8); a 7B model's longest step on a T4 (a full batch of prefill) takes
+# about a second. 20 s is more than an order of magnitude above both, and still fails a frozen
+# engine's steps in seconds where they used to wait for the 600 s deadline.
+DEFAULT_STALL_S = 20.0
+
+
 class EngineError(RuntimeError):
     """The engine could not complete a step (server down, bad response, ...)."""
+
+
+class EngineStalled(EngineError):
+    """The engine produced no token for any step in flight for `stall_s` seconds: it is frozen or hung."""
+
+    def __init__(self, stall_s: float) -> None:
+        super().__init__(f"engine stalled: no token for {stall_s:g} s")
+        self.stall_s = stall_s
 
 
 class ContextExhausted(EngineError):

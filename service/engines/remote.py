@@ -1,8 +1,10 @@
 """RemoteEngine: SC-TIR steps on an OpenAI-compatible completions server.
 
 Typically a separately scaled vLLM (`python -m vllm.entrypoints.openai.api_server`).
-Each step is one non-streaming POST /completions with n=1, so the server's
-continuous batching schedules candidates freely. vLLM aborts a request when its
+Each step is one streamed POST /completions with n=1, so the server's
+continuous batching schedules candidates freely, and the stall detector
+(service.engines.progress) sees every token: a frozen server fails its steps in
+stall_s seconds, not at the read timeout. vLLM aborts a request when its
 client disconnects, so aborting a step means closing its HTTP connection: the
 call runs in its own task, and cancelling that task makes httpx close the
 connection.
@@ -10,19 +12,36 @@ connection.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
-from service.engines.base import ContextExhausted, EngineError, StepRequest, StepResult
+from service.engines.base import (
+    DEFAULT_STALL_S,
+    READY_TIMEOUT_S,
+    ContextExhausted,
+    EngineError,
+    StepRequest,
+    StepResult,
+)
 from service.engines.inflight import InFlight
+from service.engines.progress import Progress
 
 DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 
 # An unreachable host should fail fast; reads may legitimately take minutes.
 _CONNECT_TIMEOUT_S = 10.0
-_READY_TIMEOUT_S = 5.0
 _MAX_ERROR_CHARS = 500
+# What a transport error whose own message is empty (httpx.ReadError() after a reset connection) meant.
+_TRANSPORT_FAILURES = {
+    httpx.ConnectError: "could not connect",
+    httpx.ConnectTimeout: "could not connect in time",
+    httpx.ReadError: "the connection broke while reading the response",
+    httpx.WriteError: "the connection broke while sending the request",
+    httpx.ReadTimeout: "no response in time",
+    httpx.RemoteProtocolError: "the server closed the connection mid-response",
+}
 
 
 class RemoteEngine:
@@ -37,6 +56,7 @@ class RemoteEngine:
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         timeout_s: float = 600.0,
         max_connections: int = 256,
+        stall_s: float = DEFAULT_STALL_S,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._model = model
@@ -46,6 +66,7 @@ class RemoteEngine:
         self._max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
         self._in_flight = InFlight()  # cancelling a step's HTTP call aborts it on the server
+        self._progress = Progress(stall_s)  # every streamed chunk of every step ticks it
 
     async def start(self) -> None:
         """Open the connection pool and check that the server serves our model.
@@ -75,9 +96,12 @@ class RemoteEngine:
             raise EngineError(f"model {self._model!r} is not served by {self._base_url}; served models: {served}")
 
     async def ready(self) -> bool:
-        """A cheap GET /models that lists our model; False on any error."""
+        """Tokens streamed within the last second, or a GET /models that lists our model within
+        READY_TIMEOUT_S (a stopped server accepts the connection and never answers); False on any error."""
+        if self._progress.quiet_s() < READY_TIMEOUT_S:
+            return True
         try:
-            return self._model in await self._served_models(timeout=_READY_TIMEOUT_S)
+            return self._model in await self._served_models(timeout=READY_TIMEOUT_S)
         except Exception:
             return False
 
@@ -90,6 +114,7 @@ class RemoteEngine:
 
         Cancelling the awaiting task cancels the HTTP call too (asyncio propagates the
         cancellation to the awaited task), which closes the connection so vLLM aborts.
+        EngineStalled once no step has received a chunk for stall_s (see service.engines.progress).
         """
         request_id = request.request_id
         params = request.params
@@ -105,18 +130,59 @@ class RemoteEngine:
             "n": 1,
             # vLLM extension: keep the matched stop string in the text (others ignore it).
             "include_stop_str_in_output": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
-        return await self._in_flight.run(request_id, self._step(request_id, body, stop))
+        return await self._in_flight.run(request_id, self._progress.guard(lambda: self._step(request_id, body, stop)))
 
     async def _step(self, request_id: str, body: dict[str, Any], stop: list[str]) -> StepResult:
-        data = await self._request_json(
-            "POST",
-            f"{self._base_url}/completions",
-            json=body,
-            # vLLM uses this header as its internal request id (logs, metrics).
-            headers={"X-Request-Id": request_id},
+        """POST the step and read its stream (or, from a server that does not stream, its one JSON body)."""
+        client = self._require_client()
+        url = f"{self._base_url}/completions"
+        # vLLM uses this header as its internal request id (logs, metrics).
+        request = client.build_request("POST", url, json=body, headers={"X-Request-Id": request_id})
+        try:
+            response = await client.send(request, stream=True)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise EngineError(_failure("POST", url, exc)) from exc
+        streamed = response.status_code < 400 and response.headers.get("content-type", "").startswith(
+            "text/event-stream"
         )
-        return _step_result(data, stop)
+        try:
+            if streamed:
+                return _step_result(await self._read_stream(url, response), stop)
+            await _read_body("POST", url, response)
+            return _step_result(_json_of("POST", url, response), stop)
+        finally:
+            await response.aclose()
+
+    async def _read_stream(self, url: str, response: httpx.Response) -> dict[str, Any]:
+        """The server-sent events of a streamed completion, joined into one completions response."""
+        text: list[str] = []
+        choice: dict[str, Any] = {}
+        usage: dict[str, Any] = {}
+        try:
+            async for line in response.aiter_lines():
+                data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+                if not data or data == "[DONE]":
+                    continue
+                self._progress.tick()
+                chunk = json.loads(data)
+                if "error" in chunk:  # vLLM reports a failure after the stream began as one more event
+                    message = _message_of(chunk) or _truncate(data)
+                    kind = ContextExhausted if ContextExhausted.matches(message) else EngineError
+                    raise kind(f"POST {url} failed mid-stream: {message}")
+                for part in chunk.get("choices") or ():
+                    text.append(part.get("text") or "")
+                    for key in ("finish_reason", "stop_reason"):  # the last chunk's; a null stop_reason counts
+                        if key in part and (part[key] is not None or key not in choice):
+                            choice[key] = part[key]
+                usage = chunk.get("usage") or usage
+        except httpx.HTTPError as exc:
+            raise EngineError(_failure("POST", url, exc)) from exc
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise EngineError(f"POST {url} returned a malformed stream: {exc}") from exc
+        return {"choices": [{"text": "".join(text), "finish_reason": None} | choice], "usage": usage}
 
     async def abort(self, request_id: str) -> None:
         """Cancel the step's HTTP call and wait until its connection is closed."""
@@ -139,22 +205,48 @@ class RemoteEngine:
 
     async def _request_json(self, method: str, url: str, **kwargs: Any) -> Any:
         """One HTTP call whose every failure (transport, status, body) is an EngineError."""
+        try:
+            response = await self._require_client().request(method, url, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise EngineError(_failure(method, url, exc)) from exc
+        return _json_of(method, url, response)
+
+    def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
             raise EngineError("RemoteEngine is not started")
-        try:
-            response = await self._client.request(method, url, **kwargs)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise EngineError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 400:
-            message = _server_message(response)
-            kind = (
-                ContextExhausted if response.status_code == 400 and ContextExhausted.matches(message) else EngineError
-            )
-            raise kind(f"{method} {url} returned HTTP {response.status_code}: {message}")
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise EngineError(f"{method} {url} returned malformed JSON: {_truncate(response.text)}") from exc
+        return self._client
+
+
+async def _read_body(method: str, url: str, response: httpx.Response) -> None:
+    try:
+        await response.aread()
+    except httpx.HTTPError as exc:
+        raise EngineError(_failure(method, url, exc)) from exc
+
+
+def _json_of(method: str, url: str, response: httpx.Response) -> Any:
+    """The JSON of a read response; an error status or a malformed body is an EngineError."""
+    if response.status_code >= 400:
+        message = _server_message(response)
+        kind = ContextExhausted if response.status_code == 400 and ContextExhausted.matches(message) else EngineError
+        raise kind(f"{method} {url} returned HTTP {response.status_code}: {message}")
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise EngineError(f"{method} {url} returned malformed JSON: {_truncate(response.text)}") from exc
+
+
+def _failure(method: str, url: str, exc: Exception) -> str:
+    """What went wrong with an HTTP call, never empty: httpx.ReadError() after a reset has no message
+    of its own, so the first message down its chain of causes, or what the error class means."""
+    detail = ""
+    cause: BaseException | None = exc
+    while cause is not None and not detail:
+        detail = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not detail:
+        detail = next((text for kind, text in _TRANSPORT_FAILURES.items() if isinstance(exc, kind)), "no detail given")
+    return f"{method} {url} failed: {type(exc).__name__}: {_truncate(detail)}"
 
 
 def _step_result(data: Any, stop: list[str]) -> StepResult:
@@ -203,18 +295,23 @@ def _matched_stop(choice: dict[str, Any], stop: list[str]) -> str | None:
 def _server_message(response: httpx.Response) -> str:
     """The message of an OpenAI-style error body ({"error": {"message"}}, or older vLLM's
     {"message"}), else the raw body."""
-    message = response.text
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            message = error["message"]
-        elif isinstance(body.get("message"), str):
-            message = body["message"]
-    return _truncate(message)
+    return _message_of(body) or _truncate(response.text)
+
+
+def _message_of(body: Any) -> str | None:
+    """The message of an OpenAI-style error ({"error": {"message"}}, or older vLLM's {"message"})."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return _truncate(error["message"])
+    if isinstance(body.get("message"), str):
+        return _truncate(body["message"])
+    return None
 
 
 def _truncate(text: str) -> str:

@@ -21,8 +21,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.engines.base import ContextExhausted, EngineError, StepRequest, StepResult
+from service.engines.base import (
+    DEFAULT_STALL_S,
+    READY_TIMEOUT_S,
+    ContextExhausted,
+    EngineError,
+    StepRequest,
+    StepResult,
+)
 from service.engines.inflight import InFlight
+from service.engines.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm import SamplingParams as VllmSamplingParams
@@ -107,12 +115,19 @@ class VllmOptions:
 class VllmEngine:
     """Engine backed by an in-process vLLM AsyncLLM."""
 
-    def __init__(self, options: VllmOptions, *, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> None:
+    def __init__(
+        self,
+        options: VllmOptions,
+        *,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        stall_s: float = DEFAULT_STALL_S,
+    ) -> None:
         self.options = options
         self._prompt_template = prompt_template
         self._engine: AsyncLLM | None = None
         self._has_chat_template = False
         self._in_flight = InFlight()  # cancelling a step's task aborts its vLLM request
+        self._progress = Progress(stall_s)  # every streamed output of every step ticks it
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -149,8 +164,22 @@ class VllmEngine:
             )
 
     async def ready(self) -> bool:
+        """Started, not dead, and answering: tokens flowed within the last second, or the engine core
+        answers a ping within READY_TIMEOUT_S.
+
+        vLLM's own check (errored) only sees a core that exited: a stopped or hung one looked ready.
+        The ping is a round trip to the core, which answers between two of its engine steps.
+        """
         engine = self._engine
-        return engine is not None and not engine.errored
+        if engine is None or engine.errored:
+            return False
+        if self._progress.quiet_s() < READY_TIMEOUT_S:
+            return True
+        try:
+            await asyncio.wait_for(engine.is_sleeping(), READY_TIMEOUT_S)
+        except Exception:  # TimeoutError, or the engine died meanwhile
+            return False
+        return True
 
     async def close(self) -> None:
         """Abort what is in flight and shut the engine (and its core process) down."""
@@ -195,7 +224,9 @@ class VllmEngine:
             stop=list(params.stop),
             include_stop_str_in_output=True,
             seed=params.seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # Streamed, so that the stall detector sees every token (vLLM merges the deltas a slow
+            # reader has not taken yet: a busy event loop reads fewer, larger outputs).
+            output_kind=RequestOutputKind.DELTA,
         )
 
     async def complete(self, request: StepRequest) -> StepResult:
@@ -203,11 +234,13 @@ class VllmEngine:
 
         The generation runs in its own task. Cancelling the caller's task cancels that task too,
         and a cancelled generation is aborted in the engine before the cancellation completes.
+        EngineStalled once the engine has produced no token for stall_s (see service.engines.progress).
         """
         engine = self._require_engine()
         request_id = request.request_id
         sampling = self.sampling_params(request)
-        return await self._in_flight.run(request_id, self._generate(engine, request.prompt, sampling, request_id))
+        generation = self._progress.guard(lambda: self._generate(engine, request.prompt, sampling, request_id))
+        return await self._in_flight.run(request_id, generation)
 
     async def abort(self, request_id: str) -> None:
         """Abort the step in the engine and wait until it is gone; a no-op for unknown ids."""
@@ -232,10 +265,16 @@ class VllmEngine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         final = None
+        text: list[str] = []
+        completion_tokens = 0
         try:
             (engine_input,) = await engine.renderer.render_cmpl_async([{"prompt": prompt}])
             async for output in engine.generate(engine_input, sampling, request_id):
+                self._progress.tick()
                 final = output
+                if output.outputs:
+                    text.append(output.outputs[0].text)
+                    completion_tokens += len(output.outputs[0].token_ids)
         except asyncio.CancelledError:
             # generate() aborts a request it had registered; this also covers a cancellation
             # that landed while the request was being added. Shielded: it must finish even if
@@ -249,7 +288,7 @@ class VllmEngine:
             raise kind(f"vLLM rejected or failed the request: {_describe(exc)}") from exc
         if final is None or not final.outputs:
             raise EngineError("vLLM returned no output")
-        return _step_result(final)
+        return _step_result(final, "".join(text), completion_tokens)
 
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:
@@ -259,12 +298,11 @@ class VllmEngine:
         return self._engine
 
 
-def _step_result(output: Any) -> StepResult:
-    """Map a finished RequestOutput; vLLM already kept the matched stop string in the text."""
-    completion = output.outputs[0]
-    reason = completion.finish_reason
+def _step_result(output: Any, text: str, completion_tokens: int) -> StepResult:
+    """Map the last RequestOutput of a stream whose deltas add up to `text` and `completion_tokens`;
+    vLLM already kept the matched stop string in the text."""
+    reason = output.outputs[0].finish_reason
     prompt_tokens = len(output.prompt_token_ids or ())
-    completion_tokens = len(completion.token_ids)
     if reason == "abort":
         # Our aborts cancel the generation and never get here: vLLM dropped it on its own.
         raise EngineError("the engine aborted the request")
@@ -272,7 +310,7 @@ def _step_result(output: Any) -> StepResult:
         raise EngineError("the engine failed the request")
     if reason != "stop":  # "length", and e.g. "repetition": the text was cut off
         reason = "length"
-    return StepResult(completion.text, reason, prompt_tokens, completion_tokens)
+    return StepResult(text, reason, prompt_tokens, completion_tokens)
 
 
 async def _abort_quietly(engine: AsyncLLM, request_id: str) -> None:
