@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,15 +33,33 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_compose_file_validates() -> None:
+PROFILES = {
+    "t4": ["docker-compose.yml", "docker-compose.override.yml"],
+    "cpu": ["docker-compose.yml", "docker-compose.cpu.yml"],
+}
+
+
+def compose_services(profile: str) -> dict:
+    """The services of a profile as compose merges its files (`docker-compose config`)."""
     compose = require("docker-compose", "Debian package docker-compose")
-    run = subprocess.run([compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    files = [arg for name in PROFILES[profile] for arg in ("-f", name)]
+    defaults = {k: v for k, v in os.environ.items() if not k.startswith("SCTIR_")}  # the files' own defaults
+    run = subprocess.run([compose, *files, "config"], cwd=ROOT, env=defaults, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return yaml.safe_load(run.stdout)["services"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_files_validate(profile: str) -> None:
+    compose = require("docker-compose", "Debian package docker-compose")
+    files = [arg for name in PROFILES[profile] for arg in ("-f", name)]
+    run = subprocess.run([compose, *files, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
 
-def test_compose_names_only_images_it_builds_or_pinned_upstream_ones() -> None:
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name, service in services.items():
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_names_only_images_it_builds_or_pinned_upstream_ones(profile: str) -> None:
+    for name, service in compose_services(profile).items():
         if "build" in service:
             continue
         repository, _, tag = service["image"].partition(":")
@@ -48,12 +67,13 @@ def test_compose_names_only_images_it_builds_or_pinned_upstream_ones() -> None:
         assert tag and tag != "latest", f"{name}: pin the tag of {repository}"
 
 
-def test_compose_knobs_are_real_settings() -> None:
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    dockerfile = (ROOT / "Dockerfile").read_text()
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compose_knobs_are_real_settings(profile: str) -> None:
+    services = compose_services(profile)
     names = {f"SCTIR_{field.upper()}" for field in Settings.model_fields}
     used = {key for key in services["solver"]["environment"] if key.startswith("SCTIR_")}
-    used |= {word.split("=")[0] for word in dockerfile.split() if word.startswith("SCTIR_")}
+    for dockerfile in ("Dockerfile", "deploy/solver-cpu/Dockerfile"):
+        used |= {word.split("=")[0] for word in (ROOT / dockerfile).read_text().split() if word.startswith("SCTIR_")}
     assert used - names == set(), f"compose/Dockerfile set unknown settings: {sorted(used - names)}"
 
 
@@ -87,11 +107,10 @@ def test_dashboard_panels_are_distinct_and_use_the_provisioned_datasource() -> N
 
 def test_compose_serves_the_weights_its_weights_step_makes() -> None:
     """The published GPTQ checkpoint (desc_act) does not load in vLLM 0.32: the stack quantizes its own."""
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    services = compose_services("t4")
     weights, solver = services["weights"], services["solver"]
     quantized_dir = weights["environment"]["QUANTIZED_DIR"]
-    default_model = f"${{SCTIR_MODEL:-{quantized_dir}}}"
-    assert weights["environment"]["SCTIR_MODEL"] == solver["environment"]["SCTIR_MODEL"] == default_model
+    assert weights["environment"]["SCTIR_MODEL"] == solver["environment"]["SCTIR_MODEL"] == quantized_dir
     assert f"SCTIR_MODEL={quantized_dir}" in (ROOT / "Dockerfile").read_text()
     assert solver["depends_on"]["weights"] == {"condition": "service_completed_successfully"}
     assert weights["build"]["args"]["EXTRAS"] == "[quantize]"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A Debian base image with some packages, built with no container registry: `mmdebstrap ... |
+# docker import` from Debian's own archive (as scripts/build-sandbox-image.sh does for the sandbox).
+#
+#   scripts/debian-base-image.sh NAME PACKAGES_FILE     prints the image's tag (NAME:<hash>) on stdout
+#
+# PACKAGES_FILE: Debian packages, one or more a line; comments and blank lines are ignored.
+# Idempotent: the tag is a hash of the package list and the bootstrap options; when it exists nothing
+# is done. Progress goes to stderr. Environment: SUITE (default bookworm), MIRROR (default
+# http://deb.debian.org/debian).
+set -euo pipefail
+
+NAME=${1:?usage: debian-base-image.sh NAME PACKAGES_FILE}
+PACKAGES_FILE=${2:?usage: debian-base-image.sh NAME PACKAGES_FILE}
+SUITE=${SUITE:-bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+started=$(date +%s)
+
+# Documentation and locales are never read in these images: not even unpacked.
+EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*')
+packages=$(grep -v '^\s*#' "$PACKAGES_FILE" | tr -s ' \n' '\n' | grep -v '^$' | sort -u | paste -sd, -)
+hash=$( { echo "$SUITE $MIRROR $packages"; printf '%s\n' "${EXCLUDES[@]}"; } | sha256sum | cut -c1-12)
+TAG="$NAME:$hash"
+
+if docker image inspect "$TAG" >/dev/null 2>&1; then
+    echo "base $TAG exists" >&2
+    echo "$TAG"
+    exit 0
+fi
+if ! command -v mmdebstrap >/dev/null 2>&1; then
+    echo "installing mmdebstrap..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+fi
+echo "bootstrapping $TAG from Debian $SUITE: $packages" >&2
+dpkgopts=()
+for pattern in "${EXCLUDES[@]}"; do dpkgopts+=(--dpkgopt="path-exclude=$pattern"); done
+log=$(mktemp /tmp/sctir-mmdebstrap.XXXXXX.log)
+# shellcheck disable=SC2024
+if ! mmdebstrap --variant=minbase --aptopt='APT::Install-Recommends "false"' \
+    --include="$packages" "${dpkgopts[@]}" "$SUITE" - \
+    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+    "deb ${MIRROR%/debian}/debian-security $SUITE-security main" 2>"$log" \
+    | docker import --message "mmdebstrap $SUITE: $packages" - "$TAG" >/dev/null; then
+    tail -n 30 "$log" >&2
+    docker image rm -f "$TAG" >/dev/null 2>&1 || true  # an import of a cut stream
+    echo "the bootstrap of $TAG failed (log: $log)" >&2
+    exit 1
+fi
+rm -f "$log"
+echo "base $TAG imported after $(( $(date +%s) - started )) s" >&2
+echo "$TAG"
