@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 die_with_parent_if_spawned()  # in vLLM's engine core and its worker: not one second longer (service.engines.lifetime)
 configure_spawned_child()  # in vLLM's engine core, which re-runs this module first (see service.logs)
 console = Console()
+log = logging.getLogger(__name__)
 
 EPILOG = f"""\
 exit codes:
@@ -71,6 +74,38 @@ def configure_logs(settings: Settings, level: str | None = None) -> None:
     configure_logging(level or settings.log_level, settings.log_format)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the port on this machine (a name other than localhost is not trusted to)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve /solve beyond loopback with no API keys unless told to: it runs code on request.
+
+    Checked before anything starts (the engine takes minutes), so the refusal is the first thing said.
+    """
+    if settings.api_keys or is_loopback(settings.host):
+        return
+    if not settings.allow_unauthenticated_public:
+        raise CliError(
+            ExitCode.USAGE,
+            f"refusing to serve on {settings.host} without API keys (whoever reaches it could make it run code)",
+            "set SCTIR_API_KEYS (--api-keys), or SCTIR_ALLOW_UNAUTHENTICATED_PUBLIC=true "
+            "(--allow-unauthenticated-public) to serve it open on purpose",
+        )
+    log.warning(
+        "serving on %s:%d without API keys (SCTIR_ALLOW_UNAUTHENTICATED_PUBLIC=true): whoever reaches this port "
+        "can make it run code",
+        settings.host,
+        settings.port,
+    )
+
+
 def serve(args: argparse.Namespace, rest: list[str]) -> int:
     import uvicorn
 
@@ -78,6 +113,7 @@ def serve(args: argparse.Namespace, rest: list[str]) -> int:
 
     settings = load_settings(rest)
     configure_logs(settings)
+    check_exposure(settings)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
     except SystemExit as stopped:  # uvicorn's, once it logged why: the port, the engine or the executor

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Bearer tokens accepted on /solve (JSON list, e.g. \'["k1","k2"]\'); empty: no auth.',
     )
+    allow_unauthenticated_public: bool = Field(
+        False,
+        description="Serve beyond loopback (a --host other than 127.0.0.1, ::1 or localhost) with no API keys; "
+        "without it `sctir serve` refuses to: whoever reaches the port could make it run code.",
+    )
     max_in_flight: int = Field(2, ge=1, description="Problems solved concurrently.")
     max_queue: int = Field(16, ge=0, description="Problems waiting for a slot; beyond it: 429.")
 
