@@ -44,11 +44,14 @@ $(TRAIN_STAMP): $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pip install --quiet --editable '.[test,train]'
 	touch $(TRAIN_STAMP)
 
-# System services of the test tiers: Debian packages, a Docker engine and the sandbox image.
-test-system:
+# System services of the test tiers: Debian packages, a Docker engine, the sandbox image and the images of
+# the compose stack's CPU profile (tests/test_compose_stack.py runs it). Each build is skipped when its
+# hash-tagged image exists.
+test-system: $(STAMP)
 	scripts/install-system-deps.sh
 	scripts/start-dockerd.sh
 	scripts/build-sandbox-image.sh
+	scripts/build-compose-images.sh
 
 test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP) test-system
 	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_GVISOR=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)

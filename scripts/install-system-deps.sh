@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test tiers use: a Prometheus server (observability), Compose v1 (the
-# compose file's validation). The Docker engine and mmdebstrap are installed by
-# scripts/start-dockerd.sh and scripts/build-sandbox-image.sh. Idempotent; needs root when
-# something is missing.
+# compose stack's tests), haproxy (the sandbox pool through the socket proxy's configuration). The
+# Docker engine and mmdebstrap are installed by scripts/start-dockerd.sh and the image build scripts.
+# Idempotent; needs root when something is missing.
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing ${missing[*]}..."
 export DEBIAN_FRONTEND=noninteractive
