@@ -10,6 +10,12 @@ Two kinds of failure, kept apart because only one is the model's business:
   the memory or process limits, a sandbox it crashed) is an ExecutionResult,
   which the model sees in its output block and may fix, so one bad block
   cannot fail a request;
+- a block whose sandbox died or froze under it (OOM-killed, killed or removed
+  from outside, paused) is one too, KILLED, since the block may have caused
+  it; its `sandbox_lost` says what happened to the sandbox, so that the
+  caller can tell its user (the service puts it in the candidate's `error`)
+  what an output block alone would hide: an answer reached without that
+  block's result, and a fault of the machine rather than of the code;
 - a fault of the executor (no sandbox can be started, the engine is
   unreachable, the sandbox was lost before the block ran, the executor is
   closed) raises ExecutorError: it says nothing about the code, so showing
@@ -41,6 +47,9 @@ class ExecutionResult:
     stdout: str
     error: str
     duration_s: float
+    # The sandbox died or stopped answering while the block ran, and was replaced: what happened
+    # (e.g. "the container died while the block ran (it ran out of memory); replaced"); None otherwise.
+    sandbox_lost: str | None = None
 
     @property
     def feedback(self) -> str:

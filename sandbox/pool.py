@@ -13,8 +13,19 @@ is released, so no container ever runs two requests' code (see SandboxPool):
 - a block that times out, crashes, floods its output or is OOM-killed is the
   runner's business: it answers with a result and stays up;
 - a slot whose runner dies (the container was OOM-killed or removed) or stops
-  answering (`timeout + answer_grace_s`) fails the executions it was running
-  with KILLED results, and is replaced in the background;
+  answering fails the executions it was running with KILLED results that say
+  so (`sandbox_lost`), and is replaced in the background;
+- a slot is trusted again only once it has answered: after a block that ran
+  LATE_S past its timeout (the runner kills a block at its timeout and answers
+  at once, unless it froze), after a cancelled block whose kill the runner did
+  not acknowledge, after a session close it did not acknowledge, and before a
+  slot silent for FRESH_S is leased to a request or counted by `ready()`, the
+  runner is pinged, and until it answers the slot takes no new block; one
+  that does not answer within `health_timeout_s` is replaced. So a frozen
+  container (`docker pause`, a stalled host) costs a request seconds, not the
+  no-answer limit (`timeout + answer_grace_s`, which stays the bound for a
+  runner that answers pings but not the block), and /readyz says when no slot
+  answers. A normal execution pings nothing;
 - a runner that finds itself damaged (its work root broken, its scratch
   space full) says so and is replaced the same way;
 - every container carries labels naming its pool and its owner process;
@@ -24,12 +35,18 @@ is released, so no container ever runs two requests' code (see SandboxPool):
 
 `stats()` gives the counters for metrics: warm slots, busy executions,
 replaced slots and more.
+
+The pool's background tasks (replenishing, stopping, health checks, reading a
+runner's output) run in a context of their own: a task copies the context of
+the code that creates it, and one started on a request's behalf would log
+under that request's id (service/logs.py) long after it ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
@@ -65,6 +82,8 @@ RESET_NOTE = "The session state was reset."
 # engine closes idle streams (the compose stack's docker-api, HAProxy: after 10 minutes), which would
 # end the runner (its stdin closes) and with it the sessions it holds.
 KEEPALIVE_S = 60.0
+LATE_S = 1.0  # a block's result this long past its timeout is late: its runner is pinged
+FRESH_S = 1.0  # a runner heard from this recently needs no ping to be leased or counted ready
 
 
 class SandboxUnavailable(ExecutorError):
@@ -82,6 +101,11 @@ def encode(message: dict) -> bytes:
 
 # ---------------------------------------------------------------------------
 # One runner connection
+
+
+def background(coroutine, name: str | None = None) -> asyncio.Task:
+    """A task in a clean context: nobody's request (see the module docstring), whoever starts it."""
+    return asyncio.create_task(coroutine, name=name, context=contextvars.Context())
 
 
 class RunnerConnection:
@@ -113,8 +137,9 @@ class RunnerConnection:
         self.ids = itertools.count(1)
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.on_unhealthy: Callable[[str], None] | None = None  # the runner found itself unfit (see runner.py)
+        self.heard = time.monotonic()  # when the runner last said something: it was alive then
         self._stderr_buf = bytearray()
-        self._task = asyncio.create_task(self._read_loop(), name=f"runner-reader-{name}")
+        self._task = background(self._read_loop(), name=f"runner-reader-{name}")
 
     # -- sending ---------------------------------------------------------------
 
@@ -182,6 +207,7 @@ class RunnerConnection:
             self._lose(reason)
 
     def _on_message(self, message: dict) -> None:
+        self.heard = time.monotonic()
         if message.get("type") == "hello":
             if not self.hello.done():
                 self.hello.set_result(message)
@@ -243,16 +269,26 @@ class Slot:
     retired: bool = False  # replaced or closing: takes no new work
     last_used: int = 0  # when it was last picked (a tick of the pool's counter)
     tenant: str | None = None  # the tenant it is leased to (isolate_tenants), for its life
+    check: asyncio.Task[bool] | None = None  # a health check in flight: no new block until it passes
 
     @property
     def alive(self) -> bool:
         return not self.retired and self.conn.lost is None
+
+    @property
+    def trusted(self) -> bool:
+        """Alive, and not waiting for a health check to pass."""
+        return self.alive and self.check is None
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.conn.heard
 
 
 class Backend:
     """Starts and stops runners; the pool does the rest."""
 
     name = "backend"
+    unit = "runner"  # what a slot is, in messages
     # What to do when a runner starts but is not ready (it cannot import what it preloads): said at start-up.
     remedy = "check the runner's interpreter"
 
@@ -300,7 +336,7 @@ class LocalBackend(Backend):
             ) from error
         self.processes.add(proc)
         conn = RunnerConnection(proc.stdout, proc.stdin, name=name)
-        asyncio.create_task(self._drain_stderr(proc, conn), name=f"runner-stderr-{name}")
+        background(self._drain_stderr(proc, conn), name=f"runner-stderr-{name}")
         return conn, proc
 
     @staticmethod
@@ -505,6 +541,7 @@ class DockerBackend(Backend):
     """
 
     name = "docker"
+    unit = "container"
     remedy = "rebuild the sandbox image: `make sandbox-image` (scripts/build-sandbox-image.sh)"
 
     def __init__(
@@ -771,6 +808,9 @@ class SandboxPool:
     `max_slots` exist at once (a tenant beyond that waits for a release).
     Without it (the local executor, which isolates nothing anyway), `size`
     slots serve every caller, each execution going to the least busy one.
+
+    `health_timeout_s`: how long a runner has to answer a health check (a
+    ping; see the module docstring) before its slot is replaced.
     """
 
     def __init__(
@@ -786,9 +826,10 @@ class SandboxPool:
         isolate_tenants: bool = False,
         max_slots: int | None = None,
         keepalive_s: float = KEEPALIVE_S,
+        health_timeout_s: float = 2.0,
     ) -> None:
-        if size < 1 or concurrency < 1 or timeout_s <= 0 or max_output_bytes <= 0:
-            raise ValueError("size, concurrency, timeout_s and max_output_bytes must be positive")
+        if size < 1 or concurrency < 1 or timeout_s <= 0 or max_output_bytes <= 0 or health_timeout_s <= 0:
+            raise ValueError("size, concurrency, timeout_s, max_output_bytes and health_timeout_s must be positive")
         self.backend = backend
         self.isolate_tenants = isolate_tenants
         self.max_slots = max(max_slots or 4 * size, size + 1) if isolate_tenants else size
@@ -798,6 +839,7 @@ class SandboxPool:
         self.max_output_bytes = max_output_bytes
         self.start_timeout_s = start_timeout_s
         self.answer_grace_s = answer_grace_s
+        self.health_timeout_s = health_timeout_s
         self.name = name
         self.slots: list[Slot] = []
         self.start_error: str | None = None
@@ -846,7 +888,16 @@ class SandboxPool:
                 self._spawn_task(self._keep_alive())
 
     async def ready(self) -> bool:
-        return bool(self._live())
+        """Whether a block can run now: a slot is trusted and was heard from within FRESH_S, or answers a ping.
+
+        The pings (at most `health_timeout_s`) find slots that froze while idle: they are replaced, and
+        until a replacement is up the pool is not ready.
+        """
+        live = self._live()
+        if any(slot.trusted and slot.silent_s() < FRESH_S for slot in live):
+            return True
+        checks = [self._verify(slot, "a readiness probe") for slot in live]
+        return any(await asyncio.gather(*(asyncio.shield(check) for check in checks)))
 
     async def close(self) -> None:
         """Stop every slot and remove everything the backend started."""
@@ -900,10 +951,34 @@ class SandboxPool:
         """Whether a slot should be started: fewer than `size` idle, and room under `max_slots`."""
         return len(self._idle()) + self._starting < self.size and len(self._live()) + self._starting < self.max_slots
 
-    def _spawn_task(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+    def _spawn_task(self, coroutine) -> asyncio.Task:
+        """A background task of the pool's (in a clean context, see `background`), cancelled by close()."""
+        task = background(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _verify(self, slot: Slot, why: str) -> asyncio.Task[bool]:
+        """Ping `slot` (one check at a time), which takes no new block until it answers; True if it did."""
+        if slot.check is None:
+            slot.check = self._spawn_task(self._check(slot, why))
+        return slot.check
+
+    async def _check(self, slot: Slot, why: str) -> bool:
+        """One health check: a runner that does not answer a ping within `health_timeout_s` is replaced."""
+        try:
+            await slot.conn.call({"op": "ping"}, self.health_timeout_s)
+            healthy = True
+        except TimeoutError:
+            healthy = False
+            await self._condemn(slot, f"no answer to a health check within {self.health_timeout_s:g} s after {why}")
+        except RunnerLost:
+            healthy = False  # dead, not frozen: its watcher replaces it, saying why it died
+        finally:
+            slot.check = None
+        async with self._changed:
+            self._changed.notify_all()
+        return healthy
 
     async def _add_slot(self) -> Slot:
         self._starting += 1
@@ -1079,9 +1154,9 @@ class SandboxPool:
             slot = self._session_slot.get(session_id)
             if slot is not None:
                 if slot.alive:
-                    return slot if slot.inflight < slot.capacity else None
+                    return slot if slot.trusted and slot.inflight < slot.capacity else None
                 del self._session_slot[session_id]  # its slot died: the state is gone, start over
-        candidates = [slot for slot in self._live() if slot.inflight < slot.capacity]
+        candidates = [slot for slot in self._live() if slot.trusted and slot.inflight < slot.capacity]
         if not candidates:
             return None
         # Among equals, the least recently used: consecutive executions alternate between slots, so
@@ -1096,14 +1171,28 @@ class SandboxPool:
         key = tenant or ""  # no tenant: the one default tenant
         slot = self._tenant_slot.get(key)
         if slot is None or not slot.alive:
-            idle = self._idle()
-            if not idle:
+            slot = self._lease(key)
+            if slot is None:
                 return None
-            slot = idle[0]
+        return slot if slot.trusted and slot.inflight < slot.capacity else None
+
+    def _lease(self, key: str) -> Slot | None:
+        """Lease an idle slot to tenant `key`; None while none is idle and trusted.
+
+        An idle slot silent for FRESH_S is pinged first (it may have frozen while it waited; a
+        millisecond per request otherwise) and leased once it has answered.
+        """
+        for slot in self._idle():
+            if not slot.trusted:
+                continue
+            if slot.silent_s() >= FRESH_S:
+                self._verify(slot, f"{slot.silent_s():.1f} s idle")
+                continue
             slot.tenant = key
             self._tenant_slot[key] = slot
             self._replenish(delay=0.0)  # another idle slot for the next tenant, ahead of its demand
-        return slot if slot.inflight < slot.capacity else None
+            return slot
+        return None
 
     async def release(self, tenant: str) -> None:
         """The tenant is done: its slot (container) is destroyed, never to serve anyone else."""
@@ -1126,33 +1215,62 @@ class SandboxPool:
             request_id, future = slot.conn.request(message)
         except RunnerLost as error:
             raise ExecutorError(f"the sandbox was lost before the block ran ({error})") from None
+        unit = self.backend.unit
+        sent = time.monotonic()
         try:
-            reply = await asyncio.wait_for(asyncio.shield(future), self.timeout_s + self.answer_grace_s)
+            reply = await self._reply(slot, future)
         except TimeoutError:
             slot.conn.pending.pop(request_id, None)
             self.counters["killed_by_slot_loss"] += 1
-            await self._condemn(slot, f"no answer within {self.timeout_s + self.answer_grace_s:g} s")
+            waited = time.monotonic() - sent
+            await self._condemn(slot, f"no answer within {waited:.0f} s")
             error = f"The sandbox stopped answering; it is being replaced.{note}"
-            return _result(ExecutionStatus.KILLED, "", error, started)
+            lost = f"the {unit} stopped answering while the block ran (no result within {waited:.0f} s); replaced"
+            return _result(ExecutionStatus.KILLED, "", error, started, lost)
         except RunnerLost:
             self.counters["killed_by_slot_loss"] += 1
             reason = await self.backend.death_reason(slot)
             await self._condemn(slot, reason)
-            return _result(
-                ExecutionStatus.KILLED, "", f"The sandbox died ({reason}); it is being replaced.{note}", started
-            )
+            error = f"The sandbox died ({reason}); it is being replaced.{note}"
+            lost = f"the {unit} died while the block ran ({reason}); replaced"
+            return _result(ExecutionStatus.KILLED, "", error, started, lost)
         except asyncio.CancelledError:
-            # Kill the block, and wait (a little) until it is dead before giving up the slot.
+            # Kill the block, and wait (a little) until it is dead before giving up the slot; a kill
+            # the runner does not acknowledge makes the slot suspect (it may have frozen under the block).
+            acknowledged = False
             with contextlib.suppress(Exception):
                 slot.conn.send({"op": "cancel", "id": request_id})
-                await asyncio.wait_for(asyncio.shield(future), 3.0)
+                await asyncio.wait_for(asyncio.shield(future), self.health_timeout_s)
+                acknowledged = True
             slot.conn.pending.pop(request_id, None)
+            if not acknowledged and slot.alive:
+                self._verify(slot, "a cancelled block's kill was not acknowledged")
             raise
         status = ExecutionStatus(reply["status"])
         if session_id is not None and status in (ExecutionStatus.TIMEOUT, ExecutionStatus.KILLED):
             if self._session_slot.get(session_id) is slot:
                 slot.sessions.discard(session_id)  # the runner dropped the session's process
         return _result(status, reply.get("stdout", ""), reply.get("error", ""), started)
+
+    async def _reply(self, slot: Slot, future: asyncio.Future[dict]) -> dict:
+        """The runner's result of a block; RunnerLost if it dies, TimeoutError if it stops answering.
+
+        A runner kills a block at its timeout and answers at once, so a result LATE_S past the
+        timeout means the runner may have frozen: it is pinged then, and one that does not answer
+        is replaced at once instead of at the no-answer limit (timeout + answer_grace_s).
+        """
+        sent = time.monotonic()
+        limit = self.timeout_s + self.answer_grace_s
+        late = min(self.timeout_s + LATE_S, limit)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), late)
+        except TimeoutError:
+            if late >= limit:
+                raise
+        healthy = await asyncio.shield(self._verify(slot, f"a block ran {LATE_S:g} s past its timeout"))
+        if not healthy and not future.done():
+            raise TimeoutError
+        return await asyncio.wait_for(asyncio.shield(future), max(limit - (time.monotonic() - sent), 0.0))
 
     async def close_session(self, session_id: str) -> None:
         """Kill the session's process (a block running in it ends KILLED) and forget it."""
@@ -1162,12 +1280,18 @@ class SandboxPool:
             return
         slot.sessions.discard(session_id)
         if slot.alive:
-            with contextlib.suppress(Exception):
-                await slot.conn.call({"op": "close_session", "session": session_id}, timeout=5.0)
+            try:
+                await slot.conn.call({"op": "close_session", "session": session_id}, self.health_timeout_s)
+            except TimeoutError:  # the runner kills the session's process and says so at once, unless it froze
+                self._verify(slot, "a session's close was not acknowledged")
+            except RunnerLost:
+                pass  # its watcher replaces it
 
 
-def _result(status: ExecutionStatus, stdout: str, error: str, started: float) -> ExecutionResult:
-    return ExecutionResult(status=status, stdout=stdout, error=error, duration_s=time.monotonic() - started)
+def _result(
+    status: ExecutionStatus, stdout: str, error: str, started: float, sandbox_lost: str | None = None
+) -> ExecutionResult:
+    return ExecutionResult(status, stdout, error, time.monotonic() - started, sandbox_lost)
 
 
 # ---------------------------------------------------------------------------
@@ -1191,6 +1315,7 @@ class DockerExecutor(SandboxPool):
         runner_args: list[str] | None = None,
         max_containers: int | None = None,
         confine: bool = True,
+        health_timeout_s: float = 2.0,
     ) -> None:
         backend = DockerBackend(
             image=image,
@@ -1211,4 +1336,5 @@ class DockerExecutor(SandboxPool):
             name=f"{pool_name}",
             isolate_tenants=True,
             max_slots=max_containers,
+            health_timeout_s=health_timeout_s,
         )

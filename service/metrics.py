@@ -117,6 +117,11 @@ class _SandboxCollector(Collector):
         yield containers
         yield GaugeMetricFamily("sctir_sandbox_busy", "Code blocks running in the pool.", value=stats["busy"])
         yield GaugeMetricFamily(
+            "sctir_sandbox_sessions",
+            "Candidates' sessions (interpreters kept between blocks) open in the pool.",
+            value=stats["sessions"],
+        )
+        yield GaugeMetricFamily(
             "sctir_sandbox_capacity", "Code blocks the pool can run at once.", value=stats["capacity"]
         )
         yield CounterMetricFamily(

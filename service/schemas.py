@@ -114,7 +114,10 @@ class CandidateSummary(BaseModel):
     executions: int = Field(description="Code blocks executed.")
     answer: str | None = Field(description="The raw final answer the candidate gave.")
     vote: str | None = Field(description="The answer class it voted for; null if invalid in the mode.")
-    error: str | None = Field(description="Why it was pruned or failed.")
+    error: str | None = Field(
+        description="Why it was pruned or failed; also, whatever its status, 'sandbox: ...' when a sandbox died "
+        "or froze under one of its blocks (the block's output said so and the sandbox was replaced)."
+    )
     prompt_tokens: int
     completion_tokens: int
     text: str | None = Field(None, description="The full completion (only with return_traces).")

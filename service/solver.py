@@ -7,6 +7,16 @@ flight. The step rules are the reference's (see service.tir). Beyond the referen
 early stopping once the leader is unbeatable, a per-request deadline, and
 results that are a function of the seed alone (per-candidate seeds; the
 final vote counts candidates in index order, not in finish order).
+
+Faults of code execution, per candidate: an executor that cannot run a block
+fails the candidate (`failed`, `error: "executor: ..."`); a sandbox that died
+or froze under a block (ExecutionResult.sandbox_lost: OOM-killed, killed or
+paused from outside, replaced since) does not, since the model saw that in
+its output block like any crash and may have worked around it: the candidate
+keeps the status its text earns, and its `error` says what happened
+("sandbox: the container died while the block ran (...); replaced"), so an
+answer reached without that block's result, or a candidate that ran out of
+steps over it, is not mistaken for the model's own doing.
 """
 
 from __future__ import annotations
@@ -113,6 +123,7 @@ class Candidate:
     generation_s: float = 0.0
     execution_s: float = 0.0
     executed_since_restart: bool = False
+    sandbox_lost: str | None = None  # the first sandbox that died or froze under one of its blocks (see the module)
 
     def next_request(self, prompt: str, config: SolveConfig, request_id: str) -> StepRequest:
         step = self.steps
@@ -161,8 +172,19 @@ class Candidate:
         self.executions += 1
 
     def finish(self, status: CandidateStatus, error: str | None = None) -> Action:
-        self.status, self.error = status, error
+        """End with `status`; `error` says why, then the sandbox lost under its blocks if one was (see the module)."""
+        self.status, self.error = status, _joined(error, self.sandbox_lost)
         return Action.DONE
+
+    def lost_sandbox(self, what: str) -> None:
+        """A sandbox died or froze under one of its blocks: said in `error` from now on (the first one)."""
+        if self.sandbox_lost is None:
+            self.sandbox_lost = f"sandbox: {what}"
+            self.error = _joined(self.error, self.sandbox_lost)
+
+
+def _joined(*parts: str | None) -> str | None:
+    return "; ".join(part for part in parts if part) or None
 
 
 @dataclass
@@ -373,4 +395,6 @@ class Solver:
             candidate.execution_s += time.monotonic() - started
         if self.on_execution:
             self.on_execution(result, time.monotonic() - started)
+        if result.sandbox_lost:
+            candidate.lost_sandbox(result.sandbox_lost)
         return result.feedback

@@ -561,6 +561,8 @@ async def test_a_dead_container_is_an_error_result_and_is_replaced() -> None:
         before[0].kill()  # from outside: the engine kills the container
         result = await task
         assert result.status is ExecutionStatus.KILLED and "The sandbox died" in result.error, result
+        lost = "the container died while the block ran (the container exited (exit code 137)); replaced"
+        assert result.sandbox_lost == lost  # what the solver puts in the candidate's error
         await healthy(ex)
         assert ex.stats()["replaced"] == 1
         after = containers_of(ex.backend.pool_name)
@@ -577,9 +579,13 @@ async def test_a_hung_container_is_replaced() -> None:
     try:
         await ex.start()
         container = containers_of(ex.backend.pool_name)[0]
-        container.pause()  # frozen: it neither runs the block nor answers
-        result = await ex.execute("1 + 1")
+        task = asyncio.create_task(ex.execute("import time\ntime.sleep(0.5)\n1 + 1"))
+        await asyncio.sleep(0.2)
+        container.pause()  # frozen under the block: it neither finishes it nor answers
+        result = await task
         assert result.status is ExecutionStatus.KILLED and "stopped answering" in result.error, result
+        lost = "the container stopped answering while the block ran (no result within 2 s); replaced"
+        assert result.sandbox_lost == lost
         await healthy(ex)
         assert ex.stats()["replaced"] == 1
     finally:
