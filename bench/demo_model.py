@@ -5,11 +5,13 @@
     python -m bench.demo_model --executor docker     # through the Docker sandbox
 
 Solves the 100 held-out synthetic problems (training.demo.heldout_problems: the model never saw
-them) through the real solver (service.solver.Solver) twice: with real code execution (the
-service's executor: --executor local, or docker for the sandbox containers) and with every
-output block left empty (training.evaluate.BlindExecutor). Greedy, one candidate, up to 4
-steps, integer answers compared exactly. Prints both accuracies, the model's training time (from its
-demo_build.json), and the wall time of each run; --json-out writes them for BENCHMARKS.md.
+them; arithmetic, word problems and linear equations in turn) through the real solver
+(service.solver.Solver) twice: with real code execution (the service's executor: --executor
+local, or docker for the sandbox containers) and with every output block left empty
+(training.evaluate.BlindExecutor). Greedy, one candidate, up to 4 steps, integer answers
+compared exactly. Prints both accuracies (and the problems solved in each
+family), the model's training time (from its demo_build.json), and the wall time of each run;
+--json-out writes them for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.answers import AnswerMode
-from training.demo import DemoConfig, build_demo_model, heldout_problems
+from training.demo import FAMILIES, DemoConfig, build_demo_model, heldout_problems
 from training.evaluate import VLLM_CPU_ENV, BlindExecutor, Evaluation, make_engine, solve_all, solve_config
 
 console = Console(stderr=True)
@@ -44,7 +46,8 @@ def make_real_executor(kind: str):
 async def measure(
     model: str, engine_kind: str, problems: int, num_samples: int, temperature: float, executor_kind: str = "local"
 ) -> dict[str, Any]:
-    pairs = [(p.problem, str(p.answer)) for p in heldout_problems(problems)]
+    heldout = heldout_problems(problems)
+    pairs = [(p.problem, str(p.answer)) for p in heldout]
     config = solve_config(
         num_samples=num_samples,
         max_steps=4,
@@ -86,6 +89,10 @@ async def measure(
                 "accuracy": run.accuracy,
                 "seconds": round(run.seconds, 1),
                 "executions": sum(c.executions for o in run.outcomes for c in o.result.candidates),
+                "by_family": {
+                    family: sum(o.correct for p, o in zip(heldout, run.outcomes) if p.family == family)
+                    for family in FAMILIES
+                },
                 "example": run.outcomes[0].result.candidates[0].text,
                 "failures": [
                     {"problem": o.problem, "reference": o.reference, "answer": o.answer}
@@ -125,12 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         report = json.loads(build_file.read_text())["report"]
         results["training"] = {k: report[k] for k in ("steps", "train_seconds", "threads", "parameters")}
 
-    table = Table("run", "correct", "accuracy", "code blocks run", "wall time")
+    table = Table("run", "correct", "accuracy", *FAMILIES, "code blocks run", "wall time")
     for name, run in results["runs"].items():
         table.add_row(
             name,
             f"{run['correct']}/{run['total']}",
             f"{run['accuracy']:.0%}",
+            *(str(run["by_family"][family]) for family in FAMILIES),
             str(run["executions"]),
             f"{run['seconds']:.1f} s",
         )
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{t['parameters'] / 1e6:.2f}M parameters"
         )
     if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=2))
     print(json.dumps({name: run["accuracy"] for name, run in results["runs"].items()}))
 

@@ -33,3 +33,12 @@ def vllm_cpu_env() -> Iterator[None]:
         for name, value in VLLM_CPU_ENV.items():
             patch.setenv(name, value)
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The offline demo model shipped in models/demo (tests/test_demo_model.py checks it is current)."""
+    from service.machine import DEMO_MODEL_DIR
+
+    assert (DEMO_MODEL_DIR / "model.safetensors").is_file(), f"{DEMO_MODEL_DIR} is missing: run `make demo-model`"
+    return DEMO_MODEL_DIR

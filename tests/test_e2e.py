@@ -1,9 +1,11 @@
-"""End to end: `sctir serve` with vLLM in-process on the trained demo model and the real Docker
+"""End to end: `sctir serve` with vLLM in-process on the shipped demo model and the real Docker
 sandbox. The model really writes code; the sandbox's output appears in the trace, the model
-continues after it, and the vote counts the answer it copied from the output."""
+continues after it, and the vote counts the answer it copied from the output. Every example the
+README shows gets its answer, and serving imports nothing of the training stack."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,19 +13,35 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
 
 from tests.servers import free_port, wait_until_up
 from tests.test_sandbox_docker import require_docker
-from tests.test_training import demo_model  # noqa: F401 (the session fixture)
 from tests.tiny_model import VLLM_CPU_ENV, require_vllm
-from training.demo import heldout_problems
+from training.demo import EXAMPLES, heldout_problems
+
+# Installed by the `train` and `quantize` extras only (and `training`, our own recipes): serving
+# must work in a virtualenv that has vllm-cpu and nothing of them.
+TRAINING_ONLY = {"training", "trl", "accelerate", "deepspeed", "optimum", "gptqmodel", "peft", "datasets"}
+IMPORT_PROFILE = "import time:"  # the lines PYTHONPROFILEIMPORTTIME writes to stderr
+
+
+class Service(NamedTuple):
+    url: str
+    log: Path
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of the service's log without the import profile."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if not line.startswith(IMPORT_PROFILE)]
+    return "\n".join(lines)[-chars:]
 
 
 @pytest.fixture(scope="module")
-def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_vllm()
     require_docker()
     port = free_port()
@@ -41,6 +59,9 @@ def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "SCTIR_SANDBOX_POOL_SIZE": "1",
             "SCTIR_SANDBOX_POOL_NAME": "sctir-e2e",
             "SCTIR_ANSWER_MODE": "integer",
+            # Every import of every Python process of the service (its engine core too), for
+            # test_serving_imports_nothing_of_the_training_stack.
+            "PYTHONPROFILEIMPORTTIME": "1",
         }
     )
     log_path = tmp_path_factory.mktemp("e2e") / "serve.log"
@@ -55,20 +76,20 @@ def service(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                 break
             process.poll()
-            assert process.returncode is None, log_path.read_text()[-3000:]
+            assert process.returncode is None, log_tail(log_path)
             time.sleep(1)
         else:
-            pytest.fail("the service never became ready:\n" + log_path.read_text()[-3000:])
-        yield url
+            pytest.fail("the service never became ready:\n" + log_tail(log_path))
+        yield Service(url, log_path)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
 
-def test_the_model_writes_code_the_sandbox_runs_it_and_the_vote_counts_it(service: str) -> None:
+def test_the_model_writes_code_the_sandbox_runs_it_and_the_vote_counts_it(service: Service) -> None:
     problem = heldout_problems(3)[2]
     response = httpx.post(
-        f"{service}/solve",
+        f"{service.url}/solve",
         json={"problem": problem.problem, "num_samples": 4, "seed": 3, "return_traces": True},
         timeout=300,
     )
@@ -85,3 +106,37 @@ def test_the_model_writes_code_the_sandbox_runs_it_and_the_vote_counts_it(servic
         output, continuation = executed.split("\n```\n", 1)
         assert output.strip() == expected  # printed by the sandbox, not by the model
         assert f"\\boxed{{{expected}}}" in continuation  # generated after the output block
+
+
+async def solve_examples(url: str, seed: int) -> dict[str, dict]:
+    """Every README example at once, N=16 at T=0.8, as the service answers them."""
+    async with httpx.AsyncClient(timeout=600) as client:
+
+        async def solve(problem: str) -> dict:
+            request = {"problem": problem, "num_samples": 16, "temperature": 0.8, "seed": seed}
+            response = await client.post(f"{url}/solve", json=request)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        bodies = await asyncio.gather(*(solve(example.problem) for example in EXAMPLES))
+    return {example.problem: body for example, body in zip(EXAMPLES, bodies)}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_readme_example_gets_its_answer(service: Service, seed: int) -> None:
+    bodies = asyncio.run(solve_examples(service.url, seed))
+    answers = {problem: body["answer"] for problem, body in bodies.items()}
+    assert answers == {example.problem: str(example.answer) for example in EXAMPLES}, {
+        problem: body["votes"] for problem, body in bodies.items()
+    }
+    assert all(body["agreement"] >= 0.5 for body in bodies.values()), {p: b["votes"] for p, b in bodies.items()}
+
+
+def test_serving_imports_nothing_of_the_training_stack(service: Service) -> None:
+    """Serving the demo model needs vllm-cpu only (torch and transformers come with it)."""
+    response = httpx.post(f"{service.url}/solve", json={"problem": EXAMPLES[0].problem, "num_samples": 2}, timeout=300)
+    assert response.status_code == 200, response.text
+    lines = [line for line in service.log.read_text(errors="replace").splitlines() if line.startswith(IMPORT_PROFILE)]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines}
+    assert {"vllm", "service", "sandbox"} <= imported  # the profile covers the engine and the service
+    assert not imported & TRAINING_ONLY, sorted(imported & TRAINING_ONLY)

@@ -4,9 +4,9 @@ Each stage runs as its command (`python -m training.sft RECIPE ...`) in a subpro
 user runs it, with OMP_NUM_THREADS=1 (two threads on a busy 2-core machine ran 9x slower), on the
 tiny recipes (training/recipes/tiny/) with real TRL, DeepSpeed, GPTQModel and vLLM (or the
 transformers engine where vLLM is not installed). The expensive products are session fixtures,
-built once: the tiny stage 1 and stage 2 models, and the demo model (training/demo.py, ~5-10 CPU
-minutes, cached across runs in ~/.cache/sctir by a hash of its recipe and code;
-SCTIR_DEMO_MODEL points at a prebuilt one).
+built once: the tiny stage 1 and stage 2 models. The demo model is the one shipped in models/demo
+(the `demo_model` fixture; tests/test_demo_model.py checks that it is the current recipe's and
+that a short run of that recipe learns).
 
 Stage 1 and 2 train on the reference data (tests skip without ../shared/data); KTO and the
 demo model need none.
@@ -14,7 +14,6 @@ demo model need none.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -29,7 +28,6 @@ import pytest
 pytest.importorskip("trl", reason="the training dependencies are not installed (pip install -e '.[train]')")
 
 from training.data import data_dir  # noqa: E402
-from training.demo import BUILD_VERSION, build_signature  # noqa: E402
 from training.quantize import EXPECTED_GPTQ, read_gptq_config  # noqa: E402
 from training.recipe import RECIPES_DIR  # noqa: E402
 
@@ -225,51 +223,6 @@ def test_gptq_checkpoint_loads_back_and_generates(quantized: Path) -> None:
 
 
 # -- the demo model -------------------------------------------------------------------------------
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sctir"
-
-
-@pytest.fixture(scope="session")
-def demo_model() -> Path:
-    """The demo model: $SCTIR_DEMO_MODEL, else built once per recipe version into ~/.cache/sctir."""
-    prebuilt = os.environ.get("SCTIR_DEMO_MODEL")
-    if prebuilt:
-        path = Path(prebuilt)
-        assert (path / "config.json").exists(), f"SCTIR_DEMO_MODEL={prebuilt} has no config.json"
-        return path
-    target = _cache_root() / f"demo-model-v{BUILD_VERSION}-{build_signature()}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # One build at a time per machine: a concurrent test run waits for it instead of building too.
-    with open(target.with_name(target.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "demo_build.json").exists():
-            building = target.with_name(target.name + f".building-{os.getpid()}")
-            shutil.rmtree(building, ignore_errors=True)
-            run(["-m", "training.demo", "--out", str(building), "--quiet"], timeout=1800)
-            shutil.rmtree(target, ignore_errors=True)
-            building.rename(target)
-    return target
-
-
-def test_demo_model_is_an_ordinary_servable_checkpoint(demo_model: Path) -> None:
-    from transformers import AutoConfig, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(demo_model)
-    assert config.model_type == "qwen2"
-    assert config.hidden_size // config.num_attention_heads >= 32  # vLLM's CPU attention
-    build = json.loads((demo_model / "demo_build.json").read_text())
-    assert build["report"]["parameters"] < 2_000_000
-    assert build["report"]["teacher_forced_accuracy"] >= 0.9
-    tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    assert (
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": "What is $2 \\times 3$?"}], tokenize=False, add_generation_prompt=True
-        )
-        == "### Problem: What is $2 \\times 3$?\n### Solution: "
-    )
-    assert {"model.safetensors", "generation_config.json", "tokenizer.json"} <= {p.name for p in demo_model.iterdir()}
 
 
 def test_transformers_engine_serves_the_demo_model_through_the_solver(demo_model: Path) -> None:

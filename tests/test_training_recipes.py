@@ -5,12 +5,20 @@ No training here (see tests/test_training.py); everything runs in seconds.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import json
+import random
+import re
+import string
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
+from sandbox.program import block_program
 from service.answers import AnswerMode, extract_answer
 from service.settings import NUMINA_PROMPT_TEMPLATE
 from service.tir import OUTPUT_MARKER, TRUNCATION_SUFFIX, classify_step, last_code_block
@@ -262,19 +270,108 @@ def test_reference_data_loads() -> None:
 # -- the demo task ------------------------------------------------------------------------------
 
 
-def test_demo_problems_are_tir_solutions_whose_answer_is_the_printed_value() -> None:
-    from training.demo import heldout_problems, solution_text, synthetic_records
+def run_block(code: str) -> str:
+    """What a block prints, run as the executor runs it (the reference's preamble, the auto-print)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(block_program(code), {"__name__": "__main__"})  # noqa: S102 - the demo task's own code
+    return printed.getvalue()
+
+
+def test_demo_solutions_box_the_value_their_code_prints() -> None:
+    """Every family, held-out and training problems: run the code, compare with the boxed answer."""
+    from training.demo import EXAMPLES, FAMILIES, heldout_problems, solution_text, synthetic_records, training_problems
 
     heldout = heldout_problems()
     assert len({p.problem for p in heldout}) == 100
-    for problem in heldout:
-        assert eval(problem.code) == problem.answer  # noqa: S307 - our own arithmetic
-        assert problem.answer >= 1000  # beyond mental arithmetic for the model
+    assert Counter(p.family for p in heldout) == {"arithmetic": 34, "word": 33, "equation": 33}
+    training = list(itertools.islice(training_problems(0, exclude=heldout), 300))
+    assert {p.family for p in training} == set(FAMILIES)
+    for problem in heldout + training:
+        printed = run_block(problem.code)
         text = solution_text(problem)
+        assert printed == f"{problem.answer}\n", (problem, printed)
         assert extract_answer(text) == str(problem.answer)
-        assert last_code_block(text).strip() == f"print({problem.code})"
-    training = synthetic_records(500, seed=0)
-    assert not {r.problem for r in training} & {p.problem for p in heldout}
+        assert last_code_block(text).strip() == problem.code
+        assert f"{OUTPUT_MARKER}{problem.answer}\n```" in text
+        if problem.family == "arithmetic":  # the problem's `^` is the code's `**`, nothing else differs
+            assert problem.code == f"print({arithmetic_expression(problem.problem).replace('^', '**')})"
+        if problem.family == "equation":
+            assert "sp.solve(" in problem.code and equation_holds(problem.problem, problem.answer)
+    statements = {p.problem for p in training} | {r.problem for r in synthetic_records(500, seed=0)}
+    assert not statements & ({p.problem for p in heldout} | {e.problem for e in EXAMPLES})
+
+
+def arithmetic_expression(problem: str) -> str:
+    from training.demo import ARITHMETIC_QUESTIONS
+
+    for question in ARITHMETIC_QUESTIONS:
+        before, after = question.split("{}")
+        if problem.startswith(before) and problem.endswith(after):
+            return problem[len(before) : len(problem) - len(after)]
+    raise AssertionError(f"not an arithmetic question of the demo task: {problem!r}")
+
+
+def linear_equation(problem: str) -> str:
+    from training.demo import EQUATION_QUESTIONS
+
+    for question in EQUATION_QUESTIONS:
+        before, after = question.split("{}")
+        if problem.startswith(before) and problem.endswith(after):
+            return problem[len(before) : len(problem) - len(after)]
+    raise AssertionError(f"not an equation of the demo task: {problem!r}")
+
+
+def equation_holds(problem: str, x: int) -> bool:
+    """The problem's equation, read as a person reads it ("3x", "2(x + 1)"), at `x`."""
+    left, right = (re.sub(r"(\d)([x(])", r"\1*\2", side) for side in linear_equation(problem).split(" = "))
+    return eval(left, {"x": x}) == eval(right, {"x": x})  # noqa: S307 - the demo task's own equations
+
+
+def word_pattern(template: str) -> re.Pattern[str]:
+    """A word-problem template as a regex: numbers, names and things as groups, repeats as back-references."""
+    regex, seen = "", set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        regex += re.escape(literal)
+        if name is None:
+            continue
+        regex += f"(?P={name})" if name in seen else (rf"(?P<{name}>\d+)" if name in "abc" else rf"(?P<{name}>\w+)")
+        seen.add(name)
+    return re.compile(regex + "$")
+
+
+def test_every_readme_example_is_a_problem_of_the_task_and_its_answer_is_right() -> None:
+    """The examples are phrased as the model was trained (numbers aside), and their answers are correct."""
+    from training.demo import EXAMPLES, FAMILIES, ITEMS, NAMES, WORD_TEMPLATES, make_problem
+
+    def shape(text: str) -> str:
+        return re.sub(r"\d+", "9", text)
+
+    rng = random.Random(0)
+    shapes = {
+        family: {shape(make_problem(rng, family).problem) for _ in range(3000)} for family in ("arithmetic", "equation")
+    }
+    families = []
+    for example in EXAMPLES:
+        words = [(m, formula) for t, formula in WORD_TEMPLATES if (m := word_pattern(t).match(example.problem))]
+        if words:
+            [(match, formula)] = words
+            fields = match.groupdict()
+            assert {fields[k] for k in ("n", "m") if k in fields} <= set(NAMES)
+            assert fields["i"] in ITEMS
+            assert eval(formula.format(**fields)) == example.answer  # noqa: S307 - our own template
+            families.append("word")
+        elif example.problem.startswith(("Solve", "Find x", "What value of x")):
+            assert shape(example.problem) in shapes["equation"], example.problem
+            assert equation_holds(example.problem, example.answer)
+            families.append("equation")
+        else:
+            assert shape(example.problem) in shapes["arithmetic"], example.problem
+            expression = arithmetic_expression(example.problem).replace("^", "**")
+            assert eval(expression) == example.answer  # noqa: S307 - our own arithmetic
+            families.append("arithmetic")
+    assert set(families) == set(FAMILIES)
+    assert "What is 2^10 - 1?" in {example.problem for example in EXAMPLES}
 
 
 def test_blind_execution_and_answer_comparison() -> None:

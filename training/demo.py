@@ -1,29 +1,42 @@
-"""The offline demo model: a tiny TIR model trained from scratch on CPU in a few minutes.
+"""The offline demo model: a tiny TIR model trained from scratch on CPU in minutes, shipped in models/demo.
 
-    python -m training.demo --out models/demo            # 1200 steps, ~5-7 min on one core
-    SCTIR_ENGINE=vllm SCTIR_MODEL=models/demo SCTIR_DTYPE=float32 SCTIR_EXECUTOR=local sctir serve
+    python -m training.demo --out models/demo     # `make demo-model`: 1200 steps, ~10 min on one busy core
+    sctir serve --model models/demo               # the service applies the demo's CPU settings itself
 
-The task is arithmetic that a 1.1M-parameter model cannot do in its head: multi-digit
-products and sums ("What is 3272 * 825 + 86?"), asked in a few phrasings. Every training
-solution is in the ToRA format the service speaks: a sentence, a ```python block that prints
-the expression, the ```output block with the printed value, and "The answer is
+The task is three families of problems that a 1.1M-parameter model cannot solve in its head but
+can write the code for:
+- integer arithmetic with products, powers and parentheses ("What is 2^10 - 1?", "Compute
+  (17 + 8) * 3^4."), the power written `^` in the problem and `**` in the code;
+- word problems from templates: someone has, buys, gives away, shares or packs things ("Tom has
+  48 apples. Tom buys 25 more apples. How many apples does Tom have now?"), the code one
+  expression of the story's numbers;
+- linear equations in x with an integer root ("Solve 5x - 8 = 2x + 19 for x."), solved in the
+  code with SymPy (`sp`, from the executor's preamble).
+Every training solution is in the ToRA format the service speaks: a sentence, a ```python block
+that prints the answer, the ```output block with the printed value, and "The answer is
 $\\boxed{value}$." So the model learns to write the code and to copy the executed output into
 the box; the answer comes from the tool. `bench/demo_model.py` proves it: through the real
-solver with code execution it answers (almost) all held-out problems, and with every output
-block left empty almost none.
+solver with code execution it answers all held-out problems, and with every output block left
+empty none. `EXAMPLES` are the problems the README shows; tests/test_e2e.py checks that the
+shipped model votes each one's answer through the real service.
 
 The output directory is an ordinary Hugging Face checkpoint (config.json, model.safetensors,
 tokenizer files with NuminaMath's chat template, generation_config.json) that transformers
-loads and vLLM serves (4 heads of 32: vLLM's CPU attention needs a head size of at least 32).
+loads and vLLM serves (4 heads of 32: vLLM's CPU attention needs a head size of at least 32),
+plus its build record (demo_build.json), which names the recipe by `build_signature()`:
+tests/test_demo_model.py fails when the shipped model was built by another recipe.
 
 What makes it learn on CPU (measured on 2 busy cores): byte-level BPE with every digit its own
-token (numbers are copied digit by digit); "### Problem: " and "### Solution: " as added
-tokens, so the prompt's trailing space tokenizes the same in training and serving; the
-expression written in the problem as Python writes it (the code is one contiguous copy);
-the loss on the completion only, without the output block (ToRA's masking: the executor
-writes it); each example alone in its packed block (positions from 0, no attention across
-examples), as it is served; lr 1e-3 (3e-3 did not learn within 1500 steps), cosine decay,
-blocks of 512 tokens, batch 4, 1200 steps. The copy is learnt suddenly, around step 250-400.
+token (numbers are copied digit by digit) and every word of the templates one token; "###
+Problem: " and "### Solution: " as added tokens, so the prompt's trailing space tokenizes the
+same in training and serving; code that copies the problem: the expression or equation as
+written, with one token translated (`^` -> `**`, `3x` -> `3*x`), and each number of a story
+right after a fixed word of its template (found by what precedes it, not by where it is); the
+loss on the completion only, without the output block (ToRA's masking: the executor writes it);
+each example alone in its packed block (positions from 0, no attention across examples), as it
+is served (`_encode_as_served`: tokenized as the service's prompts are); lr 1e-3 (3e-3 did not
+learn within 1500 steps), cosine decay, blocks of 512 tokens, batch 4, 1200 steps. The copy is
+learnt suddenly, around step 300-400; word problems first, arithmetic last.
 """
 
 from __future__ import annotations
@@ -52,18 +65,69 @@ from training.data import (
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerFast
 
-BUILD_VERSION = 2  # bump when the data, tokenizer or model recipe changes (caches key on it)
+BUILD_VERSION = 3  # bump when the data, tokenizer or model recipe changes (build_signature covers it)
+BUILD_RECORD = "demo_build.json"  # in the model's directory: what was built, how, and by which recipe
 HELDOUT_SEED = 2024_11_25  # the evaluation problems; training never sees them
 EOS, PAD = "<|endoftext|>", "<|pad|>"  # Qwen2's names (Qwen2Tokenizer's defaults)
 
 # -- the synthetic task ---------------------------------------------------------------------------
 
+FAMILIES = ("arithmetic", "word", "equation")
+# Their shares of the training problems: arithmetic is learnt last (its copies are the longest and
+# the most varied), word problems first (measured: 100% of held-out word problems by step 400).
+FAMILY_WEIGHTS = (4, 2, 3)
+
 
 @dataclass(frozen=True)
 class DemoProblem:
+    family: str  # one of FAMILIES
     problem: str
-    code: str  # the expression the model must write, as Python
+    code: str  # the ```python block the model must write (the sandbox's preamble gives it `sp`)
+    answer: int  # what that block prints
+
+
+@dataclass(frozen=True)
+class DemoExample:
+    """A problem the README shows, and the answer the shipped model must vote for."""
+
+    problem: str
     answer: int
+
+
+# The README's examples, two or more per family (tests/test_demo_model.py checks that the shipped
+# model votes each answer through the real solver). Training never sees these statements.
+EXAMPLES: tuple[DemoExample, ...] = (
+    DemoExample("What is 2^10 - 1?", 1023),
+    DemoExample("Compute (17 + 8) * 3^4.", 2025),
+    DemoExample("What is 3272 * 825 + 86?", 2699486),
+    DemoExample("Tom has 48 apples. Tom buys 25 more apples. How many apples does Tom have now?", 73),
+    DemoExample("Mia shares 144 cookies equally among 6 friends. How many cookies does each friend get?", 24),
+    DemoExample(
+        "Sara has 12 bags with 15 marbles in each bag and gives away 23 marbles. How many marbles are left?", 157
+    ),
+    DemoExample("Solve 3x + 7 = 22 for x.", 5),
+    DemoExample("Solve 5x - 8 = 2x + 19 for x.", 9),
+)
+
+ARITHMETIC_QUESTIONS = ("What is {}?", "Compute {}.", "Evaluate {}.", "Find the value of {}.", "Calculate {}.")
+EQUATION_QUESTIONS = ("Solve {} for x.", "Find x such that {}.", "Solve for x: {}.", "What value of x satisfies {}?")
+NAMES = ("Tom", "Mia", "Ali", "Sara", "Ben", "Lena", "Omar", "Zoe", "Ravi", "Emma", "Kai", "Nora")
+ITEMS = ("apples", "marbles", "stickers", "cookies", "pencils", "cards", "books", "coins", "shells", "stamps")
+# Word problems: the statement ({n} and {m} names, {i} the things, {a} {b} {c} numbers) and the
+# expression that answers it. Division is exact; differences stay positive.
+WORD_TEMPLATES = (
+    ("{n} has {a} {i}. {n} buys {b} more {i}. How many {i} does {n} have now?", "{a} + {b}"),
+    ("{n} has {a} {i} and {m} has {b} {i}. How many {i} do they have together?", "{a} + {b}"),
+    ("{n} has {a} {i} and gives away {b} of them. How many {i} does {n} have left?", "{a} - {b}"),
+    ("{n} had {a} {i} and lost {b}. How many {i} are left?", "{a} - {b}"),
+    ("{n} buys {a} boxes of {i}. Each box holds {b} {i}. How many {i} does {n} buy?", "{a} * {b}"),
+    ("There are {a} boxes with {b} {i} in each box. How many {i} are there in total?", "{a} * {b}"),
+    ("A pack of {i} costs {a} dollars. How many dollars do {b} packs cost?", "{a} * {b}"),
+    ("{n} shares {a} {i} equally among {b} friends. How many {i} does each friend get?", "{a} // {b}"),
+    ("{n} packs {a} {i} into bags of {b}. How many bags does {n} fill?", "{a} // {b}"),
+    ("{n} has {a} {i}, buys {b} more and then gives away {c}. How many {i} does {n} have now?", "{a} + {b} - {c}"),
+    ("{n} has {a} bags with {b} {i} in each bag and gives away {c} {i}. How many {i} are left?", "{a} * {b} - {c}"),
+)
 
 
 def _number(rng: random.Random, low_digits: int, high_digits: int) -> int:
@@ -71,47 +135,125 @@ def _number(rng: random.Random, low_digits: int, high_digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-QUESTIONS = ("What is {}?", "Compute {}.", "Evaluate {}.", "Find the value of {}.", "Calculate {} exactly.")
+def _power(rng: random.Random) -> str:
+    """`base^exponent`, at most 10 digits: beyond mental arithmetic, short enough to copy back."""
+    base = rng.randint(2, 30)
+    exponent = rng.randint(2, max(2, min(12, int(10 / math.log10(base)))))
+    return f"{base}^{exponent}"
 
 
-def make_problem(rng: random.Random) -> DemoProblem:
-    """One problem whose answer needs a multi-digit product or sum computed exactly.
+def _arithmetic(rng: random.Random) -> tuple[str, str, int]:
+    """An integer expression with products, powers and parentheses, as (problem, code, answer).
 
-    The expression is written in the problem as Python writes it, so the code is a copy of it
-    (a contiguous span: a 1M-parameter model learns that copy in a few hundred steps, while
-    gathering numbers scattered through a word problem takes it far longer than the budget).
+    The expression is written in the problem as Python writes it, except `^` for `**`, so the
+    code is a copy of it (a contiguous span: a 1M-parameter model learns that copy in a few
+    hundred steps) with one token translated.
     """
-    a, b, c = _number(rng, 3, 5), _number(rng, 2, 4), _number(rng, 2, 5)
-    expression = rng.choice(
-        (
-            f"{a} * {b}",
-            f"{a} * {b} + {c}",
-            f"{a} * {b} - {c}",
-            f"{a} + {b * 97} + {c * 89}",
-            f"({a} + {c}) * {b}",
-            f"{b} * {c} + {a}",
+    while True:
+        a, b, c, d = _number(rng, 1, 4), _number(rng, 1, 3), _number(rng, 1, 4), _number(rng, 1, 3)
+        big, mid = _number(rng, 3, 4), _number(rng, 2, 3)
+        p, q, e = _power(rng), _power(rng), rng.randint(2, 5)
+        expression = rng.choice(
+            (
+                f"{a} + {b}",
+                f"{a} - {c}",
+                f"{a} * {b}",
+                p,
+                f"{p} - {c}",
+                f"{p} + {c}",
+                f"{a} * {p}",
+                f"{p} + {q}",
+                f"{p} - {q}",
+                f"({a} + {b})^{e}",
+                f"({a} + {b}) * {c}",
+                f"({a} + {b}) * ({c} + {d})",
+                f"({a} + {b}) * ({c} - {d})",
+                f"{a} * ({c} - {b})",
+                f"({big} - {mid}) * {c}",
+                f"({a} + {b}) * {p}",
+                f"{big} * {mid} + {c}",
+                f"{big} * {mid} - {c}",
+                f"{big} + {mid * 97} + {c * 89}",
+            )
         )
-    )
-    answer = eval(expression)  # noqa: S307 - our own arithmetic on literals
-    return DemoProblem(rng.choice(QUESTIONS).format(expression), expression, answer)
+        code = expression.replace("^", "**")
+        answer = eval(code)  # noqa: S307 - our own arithmetic on literals
+        if abs(answer) < 10**12:
+            return rng.choice(ARITHMETIC_QUESTIONS).format(expression), f"print({code})", answer
+
+
+def _word(rng: random.Random) -> tuple[str, str, int]:
+    """A one- or two-step story about things bought, given away, shared or packed."""
+    template, formula = rng.choice(WORD_TEMPLATES)
+    name, other = rng.sample(NAMES, 2)
+    if "//" in formula:
+        b = rng.randint(2, 12)
+        a, c = b * rng.randint(2, 99), 0
+    elif "*" in formula:
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        c = rng.randint(1, a * b - 1)
+    else:
+        a, b, c = rng.randint(10, 999), rng.randint(2, 99), rng.randint(2, 99)
+        if "-" in formula:
+            a = max(a, b + c + 1)
+    expression = formula.format(a=a, b=b, c=c)
+    problem = template.format(n=name, m=other, i=rng.choice(ITEMS), a=a, b=b, c=c)
+    return problem, f"print({expression})", eval(expression)  # noqa: S307 - our own arithmetic
+
+
+def _linear(coefficient: int, constant: int) -> tuple[str, str]:
+    """`ax + b` as the problem writes it and as SymPy code: ("3x - 4", "3*x - 4"), ("x + 2", "x + 2")."""
+    term = "x" if coefficient == 1 else f"{coefficient}x"
+    sign = "+" if constant >= 0 else "-"
+    text = f"{term} {sign} {abs(constant)}" if constant else term
+    return text, text.replace(f"{coefficient}x", f"{coefficient}*x")
+
+
+def _equation(rng: random.Random) -> tuple[str, str, int]:
+    """A linear equation in x with an integer root, solved with SymPy in the code."""
+    x, a, b = rng.randint(-9, 60), rng.randint(1, 12), rng.choice((-1, 1)) * rng.randint(1, 99)
+    form = rng.randrange(3)
+    if form < 2 and rng.random() < 0.2:
+        b = 0  # "2x = 10", "5x = 2x + 27"
+    if form == 0:  # ax + b = r
+        left, code_left = _linear(a, b)
+        right = code_right = str(a * x + b)
+    elif form == 1:  # ax + b = cx + d, a > c
+        c = rng.randint(1, 10)
+        a = rng.randint(c + 1, 12)
+        left, code_left = _linear(a, b)
+        right, code_right = _linear(c, (a - c) * x + b)
+    else:  # a(x + b) = r
+        a = max(a, 2)
+        inner, _ = _linear(1, b)
+        left, code_left = f"{a}({inner})", f"{a}*({inner})"
+        right = code_right = str(a * (x + b))
+    code = f"x = sp.symbols('x')\nprint(sp.solve(sp.Eq({code_left}, {code_right}), x)[0])"
+    return rng.choice(EQUATION_QUESTIONS).format(f"{left} = {right}"), code, x
+
+
+_GENERATORS = {"arithmetic": _arithmetic, "word": _word, "equation": _equation}
+
+
+def make_problem(rng: random.Random, family: str | None = None) -> DemoProblem:
+    """One problem of `family` (default: drawn by FAMILY_WEIGHTS) whose answer needs its code run."""
+    family = family or rng.choices(FAMILIES, weights=FAMILY_WEIGHTS)[0]
+    problem, code, answer = _GENERATORS[family](rng)
+    return DemoProblem(family, problem, code, answer)
 
 
 def solution_text(problem: DemoProblem, output: str | None = None) -> str:
     """The ToRA-format solution; `output` defaults to what the code prints."""
     value = str(problem.answer) if output is None else output
-    return (
-        "We compute it exactly with Python.\n\n"
-        f"```python\nprint({problem.code})\n```\n"
-        f"```output\n{value}\n```\n"
-        f"The answer is $\\boxed{{{value}}}$."
-    )
+    opening = "We solve the equation with SymPy." if problem.family == "equation" else "We compute it with Python."
+    return f"{opening}\n\n```python\n{problem.code}\n```\n```output\n{value}\n```\nThe answer is $\\boxed{{{value}}}$."
 
 
 def heldout_problems(count: int = 100, seed: int = HELDOUT_SEED) -> list[DemoProblem]:
-    """The evaluation problems (distinct statements), never used for training."""
-    rng, seen, problems = random.Random(seed), set(), []
+    """The evaluation problems (distinct statements, the families in turn), never used for training."""
+    rng, seen, problems = random.Random(seed), {e.problem for e in EXAMPLES}, []
     while len(problems) < count:
-        problem = make_problem(rng)
+        problem = make_problem(rng, FAMILIES[len(problems) % len(FAMILIES)])
         if problem.problem not in seen:
             seen.add(problem.problem)
             problems.append(problem)
@@ -119,8 +261,9 @@ def heldout_problems(count: int = 100, seed: int = HELDOUT_SEED) -> list[DemoPro
 
 
 def training_problems(seed: int, exclude: Sequence[DemoProblem] = ()) -> Iterator[DemoProblem]:
-    """An endless stream of training problems, skipping any statement in `exclude`."""
-    rng, excluded = random.Random(seed), {p.problem for p in exclude}
+    """An endless stream of training problems, skipping any statement in `exclude` or EXAMPLES."""
+    rng = random.Random(seed)
+    excluded = {p.problem for p in exclude} | {e.problem for e in EXAMPLES}
     while True:
         problem = make_problem(rng)
         if problem.problem not in excluded:
@@ -217,11 +360,11 @@ class DemoConfig:
     num_layers: int = 4
     num_heads: int = 4  # head size 32: the minimum vLLM's CPU attention takes
     intermediate_size: int = 512
-    vocab_size: int = 384
+    vocab_size: int = 1024  # a cap: the corpus yields ~570 tokens, every word of the templates one token
     max_positions: int = 4096
     seed: int = 0
     eval_every: int = 100
-    eval_problems: int = 64
+    eval_problems: int = 96
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, config: DemoConfig):
@@ -332,16 +475,17 @@ def _blocks(examples: Iterator[tuple[list[int], list[bool]]], batch_size: int, b
         yield torch.tensor(ids_rows), torch.tensor(pos_rows), torch.tensor(label_rows)
 
 
-def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -> float:
+def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -> dict[str, float]:
     """Share of problems whose code and boxed answer the model predicts exactly, token by token.
 
     Teacher-forced on the reference text (one forward pass per problem); the output block's
     contents are excluded (the executor, not the model, writes them). A cheap proxy of the
-    solver's accuracy, logged while training.
+    solver's accuracy, logged while training: overall ("all") and per family, since the
+    families are learnt at different times.
     """
     import torch
 
-    correct = 0
+    hits: dict[str, list[bool]] = {"all": []}
     model.eval()
     with torch.no_grad():
         for problem in problems:
@@ -351,9 +495,11 @@ def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -
             offsets = offsets + [(len(text), len(text))]
             scored = _loss_mask(offsets, completion_start, output)
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
-            correct += all(predicted[i - 1] == ids[i] for i in range(1, len(ids)) if scored[i])
+            hit = all(predicted[i - 1] == ids[i] for i in range(1, len(ids)) if scored[i])
+            hits["all"].append(hit)
+            hits.setdefault(problem.family, []).append(hit)
     model.train()
-    return correct / len(problems)
+    return {name: sum(values) / len(values) for name, values in hits.items()}
 
 
 @dataclass
@@ -363,10 +509,11 @@ class BuildReport:
     steps: int
     train_seconds: float
     final_loss: float
-    teacher_forced_accuracy: float
+    teacher_forced_accuracy: float  # on all families; by_family has each one's
+    by_family: dict[str, float]
     parameters: int
     threads: int
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
 
 
 def build_demo_model(
@@ -411,8 +558,8 @@ def build_demo_model(
         tokenizer.pad_token_id,
     )
 
-    history: list[dict[str, float]] = []
-    loss_value, accuracy, ema = float("nan"), 0.0, None
+    history: list[dict[str, Any]] = []
+    loss_value, accuracy, ema = float("nan"), {"all": 0.0}, None
     train_started = time.monotonic()
     with _progress(progress) as bar:
         task = bar.add_task("training", total=config.steps, loss=float("nan"), acc=0.0)
@@ -434,10 +581,13 @@ def build_demo_model(
                     {"step": step, "loss": round(ema, 4), "accuracy": accuracy, "seconds": round(elapsed, 1)}
                 )
                 if not progress:
+                    families = ", ".join(f"{name} {value:.0%}" for name, value in accuracy.items() if name != "all")
                     print(
-                        f"step {step}: loss {ema:.3f}, held-out code+answer {accuracy:.0%}, {elapsed:.0f} s", flush=True
+                        f"step {step}: loss {ema:.3f}, held-out code+answer {accuracy['all']:.0%} ({families}), "
+                        f"{elapsed:.0f} s",
+                        flush=True,
                     )
-            bar.update(task, advance=1, loss=ema, acc=accuracy)
+            bar.update(task, advance=1, loss=ema, acc=accuracy["all"])
     train_seconds = time.monotonic() - train_started
 
     model.generation_config = GenerationConfig(
@@ -452,34 +602,51 @@ def build_demo_model(
         steps=config.steps,
         train_seconds=round(train_seconds, 1),
         final_loss=round(ema if ema is not None else loss_value, 4),
-        teacher_forced_accuracy=accuracy,
+        teacher_forced_accuracy=accuracy["all"],
+        by_family={name: value for name, value in accuracy.items() if name != "all"},
         parameters=parameters,
         threads=threads,
         history=history,
     )
-    (out / "demo_build.json").write_text(
-        json.dumps(
-            {"report": asdict(report), "config": asdict(config), "total_seconds": time.monotonic() - started}, indent=2
-        )
-    )
+    import transformers
+
+    record = {
+        "signature": build_signature(config),
+        "report": asdict(report),
+        "config": asdict(config),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (out / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return report
 
 
 def build_signature(config: DemoConfig = DemoConfig()) -> str:
-    """A short hash of everything the demo model depends on: caches of it key on this."""
+    """A short hash of the recipe: a shipped model whose build record holds another one is stale.
+
+    It covers BUILD_VERSION, the config, this module's code (its syntax tree without docstrings,
+    so prose and comments do not count) and what the module takes from elsewhere: a sample of
+    the training texts as scored (training.data's prompt format, service.tir's output block) and
+    the tokenizer's chat template and added tokens. Library versions do not count: the build
+    checks its tokenizer's round trip, and the record names the versions it was built with.
+    """
+    import ast
     import hashlib
 
-    import transformers
-
-    from training import data
-
+    tree = ast.parse(Path(__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
+            node.body = node.body[1:]
+    samples = [_scored_spans(p) for p in _take(training_problems(config.seed), 64)]
     digest = hashlib.sha256()
     for part in (
         str(BUILD_VERSION),
         json.dumps(asdict(config), sort_keys=True),
-        Path(__file__).read_text(),
-        Path(data.__file__).read_text(),
-        transformers.__version__,
+        ast.dump(tree),
+        json.dumps(samples),
+        NUMINA_CHAT_TEMPLATE,
+        PROBLEM_PREFIX,
+        SOLUTION_PREFIX,
     ):
         digest.update(part.encode())
     return digest.hexdigest()[:12]
@@ -562,7 +729,7 @@ def main(argv: list[str] | None = None) -> None:
         f"in {report.train_seconds:.0f} s on {report.threads} thread(s); loss {report.final_loss:.3f}, held-out "
         f"code+answer (teacher-forced) {report.teacher_forced_accuracy:.0%}"
     )
-    console.print(f"serve it: SCTIR_ENGINE=vllm SCTIR_MODEL={report.out} SCTIR_DTYPE=float32 sctir serve")
+    console.print(f"serve it: sctir serve --model {report.out}")
     if report.teacher_forced_accuracy < 0.9:
         console.print("[yellow]the model has not learnt the task yet: train longer (--steps)[/]")
         sys.exit(1)
