@@ -561,7 +561,7 @@ class DockerBackend(Backend):
         self.environment = dict(environment or {})
         self.client = client
         self.runner_args = list(runner_args or [])
-        self.created: set[str] = set()
+        self.created: set[str] = set()  # names of the containers made and not known to be removed
         self.closing = False  # set by cleanup(): a container created after it removes itself
 
     def _client(self):
@@ -699,6 +699,9 @@ class DockerBackend(Backend):
             shm_size=limits.shm_size,
             runtime=limits.runtime or None,
         )
+        # Listed by name before the engine answers: a container whose creation answer is lost (a proxy
+        # restarting) exists all the same, and cleanup() removes it.
+        self.created.add(name)
         created = api.create_container(
             self.image,
             command=[
@@ -721,7 +724,6 @@ class DockerBackend(Backend):
             host_config=host_config,
         )
         container = client.containers.get(created["Id"])
-        self.created.add(container.id)
         if self.closing:  # cleanup() ran while this thread was creating it (its task was cancelled)
             self._remove(container)
             raise SandboxUnavailable("the pool is closed")
@@ -744,7 +746,7 @@ class DockerBackend(Backend):
         except Exception as error:
             log.debug("sandbox container %s not removed yet: %s", container.short_id, error)
             return
-        self.created.discard(container.id)
+        self.created.discard(container.name)
 
     async def death_reason(self, slot: Slot) -> str:
         container = slot.handle["container"]
@@ -779,10 +781,10 @@ class DockerBackend(Backend):
             return
 
         def remove_all() -> None:
-            for container_id in list(self.created):
+            for name in list(self.created):
                 with contextlib.suppress(Exception):
-                    self.client.containers.get(container_id).remove(force=True)
-                self.created.discard(container_id)
+                    self.client.containers.get(name).remove(force=True)
+                self.created.discard(name)
 
         await asyncio.to_thread(remove_all)
 
