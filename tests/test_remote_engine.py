@@ -27,8 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from service.engines import progress
 from service.engines.base import ContextExhausted, Engine, EngineError, EngineStalled, SamplingParams, StepRequest
-from service.engines.remote import RemoteEngine
+from service.engines.progress import Progress
+from service.engines.remote import RemoteEngine, _failure
 from tests.openai_stub import MODEL, FakeServer, Reply, completion, make_app
 from tests.servers import serve_in_thread
 
@@ -383,6 +385,29 @@ async def test_an_error_event_mid_stream_is_an_engine_error(
     assert type(failure.value) is kind and str(failure.value).endswith(f"failed mid-stream: {message}")
 
 
+async def test_a_stalled_step_whose_abort_hangs_fails_all_the_same(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The abort of a stalled step goes to a frozen engine: if it does not get through, the step fails anyway."""
+    monkeypatch.setattr(progress, "ABORT_WAIT_S", 0.2)
+    aborted = asyncio.Event()
+
+    async def step() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1.0)  # the abort, stuck for a while
+            aborted.set()
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(EngineStalled, match="no token for 0.5 s"):
+        await Progress(0.5).guard(step)
+    assert time.monotonic() - started < 1.0
+    assert "goes on in the background" in caplog.text
+    await asyncio.wait_for(aborted.wait(), 5)  # it did, later
+
+
 @pytest.fixture
 def silent_url() -> Iterator[str]:
     """A port that accepts connections (the kernel's backlog) and never answers: a stopped server."""
@@ -394,7 +419,7 @@ def silent_url() -> Iterator[str]:
 
 
 async def test_ready_says_no_within_a_second_or_so_when_the_server_does_not_answer(silent_url: str) -> None:
-    eng = RemoteEngine(base_url=silent_url, model=MODEL, stall_s=1.0)
+    eng = RemoteEngine(base_url=silent_url, model=MODEL)
     eng._client = httpx.AsyncClient()  # started: start() itself would wait for the answer
     try:
         started = time.monotonic()
@@ -442,3 +467,17 @@ async def test_a_reset_connection_is_an_engine_error_that_says_what_happened(res
     message = str(failure.value)
     assert message.startswith(f"POST {resetting_url}/completions failed: ReadError: ")
     assert message.removeprefix(f"POST {resetting_url}/completions failed: ReadError: ").strip()  # it was empty
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (httpx.ReadError(""), "the connection broke while reading the response"),
+        (httpx.RemoteProtocolError(""), "the server closed the connection mid-response"),
+        (httpx.ConnectError(""), "could not connect"),
+    ],
+)
+def test_a_transport_error_without_any_message_still_says_what_happened(error: httpx.HTTPError, detail: str) -> None:
+    """When nothing down the exception's chain has a message (a peer that closed at the wrong moment)."""
+    message = _failure("POST", "http://127.0.0.1:8000/v1/completions", error)
+    assert message == f"POST http://127.0.0.1:8000/v1/completions failed: {type(error).__name__}: {detail}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.engines.base import SamplingParams, StepRequest
+from service.engines.base import ContextExhausted, SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
 from tests.servers import free_port
 from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
@@ -221,3 +221,10 @@ async def test_abort_by_id_is_aborted_by_the_server(engine: RemoteEngine, server
     assert (result.text, result.finish_reason) == ("", "abort")
     assert await wait_for(lambda: server.running() == (0.0, 0.0)), server.state()
     assert 0 < generated_tokens(server) - tokens_before < 3500
+
+
+async def test_too_long_prompt_is_context_exhausted(engine: RemoteEngine) -> None:
+    """Streamed, vLLM still refuses a prompt beyond the context before any event: the solver's empty step."""
+    with pytest.raises(ContextExhausted, match="maximum context length|max_model_len"):
+        await engine.complete(step("too-long", prompt="1 " * TINY_MAX_MODEL_LEN))
+    assert await engine.ready()

@@ -188,7 +188,7 @@ def test_a_child_of_sctir_dies_with_its_parent_killed_by_sigkill(tmp_path: Path,
         [sys.executable, str(script), start_method],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},  # this checkout's service
         start_new_session=True,
     )
     child = None
@@ -213,7 +213,8 @@ def test_a_child_of_sctir_dies_with_its_parent_killed_by_sigkill(tmp_path: Path,
 def test_a_child_whose_parent_is_gone_already_dies_at_once() -> None:
     """The parent may die before the child asks for the signal: the child compares and dies."""
     code = "from service.engines.lifetime import die_with_parent; die_with_parent(1); print('alive')"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert (run.returncode, run.stdout) == (-signal.SIGKILL, "")
 
 

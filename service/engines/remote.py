@@ -4,7 +4,9 @@ Typically a separately scaled vLLM (`python -m vllm.entrypoints.openai.api_serve
 Each step is one streamed POST /completions with n=1, so the server's
 continuous batching schedules candidates freely, and the stall detector
 (service.engines.progress) sees every token: a frozen server fails its steps in
-stall_s seconds, not at the read timeout. vLLM aborts a request when its
+stall_s seconds, not at the read timeout. (A server that ignores "stream" and answers
+in one body is read all the same, but shows no progress until it is done: stall_s
+must then exceed its longest step.) vLLM aborts a request when its
 client disconnects, so aborting a step means closing its HTTP connection: the
 call runs in its own task, and cancelling that task makes httpx close the
 connection.
