@@ -89,7 +89,7 @@ async def test_a_runner_frozen_under_a_cancelled_block_is_pinged_and_replaced_be
     assert (result.status, result.stdout) == (ExecutionStatus.OK, "42\n"), result
     # The next block went to the replacement; the frozen one got a ping (and, being stopped, a shutdown).
     assert [op for op in asked if op != "shutdown"] == ["exec", "exec", "exec", "cancel", "ping"]
-    assert took < local.health_timeout_s + 5.0 < local.timeout_s + GRACE_S, took  # a ping's wait and a start
+    assert took < local.timeout_s + GRACE_S, took  # a ping's wait and a runner's start, not the no-answer limit
     assert local.stats()["replaced"] == 1
     assert frozen not in {slot.handle.pid for slot in local._live()}
 
@@ -198,7 +198,7 @@ async def test_a_container_frozen_while_idle_is_replaced_before_a_request_gets_i
         result = await executor.execute("6 * 7", tenant="next-request")
         took = time.monotonic() - started
         assert (result.status, result.stdout) == (ExecutionStatus.OK, "42\n"), result
-        assert took < executor.health_timeout_s + 8.0 < executor.timeout_s + GRACE_S, took  # a ping, then a start
+        assert took < executor.timeout_s + GRACE_S, took  # a ping, then a container's start: not the no-answer limit
         assert executor.stats()["replaced"] == 1
         await executor.release("next-request")
     finally:
