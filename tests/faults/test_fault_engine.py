@@ -220,7 +220,7 @@ def engine_processes(service: Service) -> list:
 
 
 def engine_outage_503(response: httpx.Response, server: VllmServer) -> str:
-    """The answer to a request whose every candidate found the remote engine gone; its message."""
+    """The answer to a request whose every candidate found the remote engine gone; what the client got."""
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "5"
     message = response.json()["message"]
@@ -228,7 +228,7 @@ def engine_outage_503(response: httpx.Response, server: VllmServer) -> str:
     assert message.startswith(failure), message
     kind, _, what = message.removeprefix(failure).partition(": ")
     assert kind.isidentifier() and what.strip(), message  # the exception's type, and what happened (never empty)
-    return message
+    return f"503 '{message.replace(server.url, '<server>/v1')}'"
 
 
 STALLED = f"engine: engine stalled: no token for {STALL_S:g} s"
@@ -239,7 +239,7 @@ def stalled_503(response: httpx.Response) -> str:
     assert response.status_code == 503, response.text
     assert response.json()["message"] == f"every candidate failed; first error: {STALLED}"
     assert response.headers["retry-after"] == "5"
-    return f"503, Retry-After: 5, 'every candidate failed; first error: {STALLED}'"
+    return f"503 'every candidate failed; first error: {STALLED}'"
 
 
 def stalled_in_flight(response: httpx.Response) -> str:
@@ -316,12 +316,11 @@ def test_remote_engine_killed_then_started_again(remote: tuple[VllmServer, Servi
     wait_until(lambda: nothing_held(service) and server.requests() == (0.0, 0.0), timeout_s=10)
     record(
         "remote engine: vLLM server killed (SIGKILL), then started again",
-        client_gets=f"the request in flight: 503 {in_flight_s:.2f} s after the kill, Retry-After: 5, "
-        f"'{in_flight_message}'; while down: 503 in {took_s:.2f} s, '{message}'; every candidate failed (counted "
-        f"in sctir_candidates_total); /readyz 503 within {probe_s:.2f} s with Retry-After; once the "
-        f"server is back (it took {server_up_s:.0f} s to start): ready in {ready_s:.2f} s, 200 with the right "
-        "answer, nothing done by hand",
-        left_behind="nothing: the service holds no request, sandbox block or lease; the restarted server no request",
+        client_gets=f"the request in flight, {in_flight_s:.1f} s after the kill: {in_flight_message}; a new one, in "
+        f"{took_s:.2f} s: {message}; all with Retry-After: 5, every candidate failed; /readyz 503 (Retry-After) "
+        f"within {probe_s:.2f} s; once the server was back ({server_up_s:.0f} s to start): engine ready in "
+        f"{ready_s:.2f} s, 200 with the right answer, nothing done by hand",
+        left_behind="nothing: no request, sandbox block or lease held; the restarted server holds no request",
         recovery_s=answered - up,  # from the server being back
     )
 
@@ -357,10 +356,11 @@ def test_remote_engine_frozen_then_resumed(remote: tuple[VllmServer, Service]) -
     record(
         "remote engine: vLLM server frozen (SIGSTOP), then resumed (SIGCONT)",
         client_gets=f"(SCTIR_ENGINE_STALL_S={STALL_S:g}) the request in flight, {in_flight_s:.1f} s after the "
-        f"freeze: {in_flight}; a new one, in {new_s:.1f} s (not 600 s): {new_answer}; /readyz 503 within "
-        f"{probe_s:.2f} s of the freeze; after SIGCONT: ready in {ready_s:.2f} s, 200 with the right answer",
-        left_behind="nothing: the service holds no request, sandbox block or lease; the server's requests of "
-        "the stalled steps aborted (0 running, 0 waiting)",
+        f"freeze: {in_flight}; a new one, in {new_s:.1f} s (it was 600 s): {new_answer}; 503s with Retry-After: 5; "
+        f"/readyz 503 within {probe_s:.2f} s of the freeze; after SIGCONT: engine ready in {ready_s:.2f} s, 200 "
+        "with the right answer",
+        left_behind="nothing: no request, sandbox block or lease held; the server's requests of the stalled steps "
+        "aborted (0 running, 0 waiting)",
         recovery_s=answered_s,
     )
 
@@ -405,9 +405,9 @@ def test_in_process_engine_core_frozen_then_resumed(demo_model: Path, tmp_path: 
     record(
         "in-process engine: EngineCore frozen (SIGSTOP), then resumed (SIGCONT)",
         client_gets=f"(SCTIR_ENGINE_STALL_S={STALL_S:g}) the request in flight, {in_flight_s:.1f} s after the "
-        f"freeze: {in_flight}; a new one, in {new_s:.1f} s (not 600 s): {new_answer}; /readyz 503 within "
-        f"{probe_s:.2f} s of the freeze (vLLM's own check said ready); after SIGCONT: ready in {ready_s:.2f} s, "
-        "200 with the right answer",
+        f"freeze: {in_flight}; a new one, in {new_s:.1f} s (it was 600 s): {new_answer}; 503s with Retry-After: 5; "
+        f"/readyz 503 within {probe_s:.2f} s of the freeze (vLLM's own check said ready); after SIGCONT: engine "
+        f"ready in {ready_s:.2f} s, 200 with the right answer",
         left_behind="nothing: no request, sandbox block or lease held; vLLM's requests 0 running, 0 waiting "
         "(the stalled steps aborted)",
         recovery_s=answered_s,
@@ -446,8 +446,8 @@ def test_service_killed_with_sigkill_leaves_no_engine_process_and_starts_again(
         "service killed with SIGKILL while solving, then started again",
         client_gets="the request in flight: the connection closes without an answer (RemoteProtocolError); "
         f"after the restart (ready {ready_s:.1f} s after the kill): 200 with the right answer",
-        left_behind=f"no process: EngineCore, Worker and the rest of the service's children gone {gone_s:.2f} s "
-        f"after the kill (they used to run on, 1.6 GB); {len(left)} sandbox container(s) until the restart "
-        "removed them; after the restarted service stopped: nothing",
+        left_behind=f"no process: EngineCore, Worker and the service's other children gone {gone_s:.2f} s after "
+        f"the kill (they used to run on: 1.6 GB); {len(left)} sandbox container(s) until the restart removed them; "
+        "after the restarted service stopped: nothing",
         recovery_s=recovered_s,
     )
