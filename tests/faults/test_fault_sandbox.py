@@ -176,6 +176,10 @@ def test_a_container_killed_under_a_request_is_named_in_its_candidates_and_repla
     assert all(c["status"] != "failed" for c in candidates)  # they went on, and earned their status
     recovered = recovery_s(service, fault)
     assert container.id not in container_ids()  # removed, not just stopped
+    # The pool starts containers in the background, on no request's behalf: their lines carry no request id.
+    lines = service.log().splitlines()
+    started = [line for line in lines if "sandbox.pool: sandbox slot " in line and " ready (" in line]
+    assert len(started) >= 2 and not [line for line in started if "request_id=" in line], started  # at start, at lease
     record(
         "sandbox container killed mid-request (docker kill, blocks running)",
         client_gets=summary(response, took),
