@@ -37,8 +37,6 @@ CONFIG = ROOT / "deploy" / "docker-api" / "haproxy.cfg"
 IDLE_TIMEOUT_S = 15.0  # longer than a runner takes to say hello on a busy machine (the stream is silent before)
 ENGINE = "unix:///var/run/docker.sock"
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 def proxy_environment() -> dict[str, str]:
     """The proxy's switches as the stack sets them: the image's defaults, then the compose file's."""
@@ -167,6 +165,7 @@ def test_the_keepalive_is_well_inside_the_proxy_timeouts() -> None:
     assert timeouts and all(KEEPALIVE_S * 5 <= int(minutes) * 60 for minutes in timeouts)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_session_outlives_idle_periods_longer_than_the_proxy_timeouts(pool_through) -> None:
     pool = await pool_through(keepalive_s=IDLE_TIMEOUT_S / 4)
     first = await pool.execute("x = 41\nprint('set')", session_id="s", tenant="t")
@@ -179,6 +178,7 @@ async def test_a_session_outlives_idle_periods_longer_than_the_proxy_timeouts(po
     assert leased_container(pool, "t") == leased
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_without_keepalives_the_proxy_cuts_idle_streams(pool_through) -> None:
     """The premise of the test above: the proxy's idle timeout ends a runner nobody talks to."""
     pool = await pool_through(keepalive_s=3600.0)
@@ -189,6 +189,7 @@ async def test_without_keepalives_the_proxy_cuts_idle_streams(pool_through) -> N
     assert after.stdout.strip() != "42", after
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_container_killed_behind_the_proxy_fails_its_block_and_is_replaced(pool_through) -> None:
     pool = await pool_through()
     block = asyncio.create_task(pool.execute("import time\ntime.sleep(15)\nprint('finished')", tenant="t"))
@@ -204,6 +205,7 @@ async def test_a_container_killed_behind_the_proxy_fails_its_block_and_is_replac
     assert leased_container(pool, "t") != leased
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_proxy_restart_fails_the_running_block_and_the_pool_recovers_through_it(pool_through, proxy) -> None:
     pool = await pool_through()
     block = asyncio.create_task(pool.execute("import time\ntime.sleep(15)\nprint('finished')", tenant="t"))
