@@ -1181,20 +1181,21 @@ class SandboxPool:
     def _lease(self, key: str) -> Slot | None:
         """Lease an idle slot to tenant `key`; None while none is idle and trusted.
 
-        An idle slot silent for FRESH_S is pinged first (it may have frozen while it waited; a
-        millisecond per request otherwise) and leased once it has answered.
+        One silent for FRESH_S is pinged as it is leased (it may have frozen while it waited; a
+        millisecond per request otherwise): the tenant's first block waits for the answer, and
+        without one the slot is replaced and the tenant leases another. (Leased before the answer,
+        not after: the answer itself must settle it, however long this process takes to look.)
         """
-        for slot in self._idle():
-            if not slot.trusted:
-                continue
-            if slot.silent_s() >= FRESH_S:
-                self._verify(slot, f"{slot.silent_s():.1f} s idle")
-                continue
-            slot.tenant = key
-            self._tenant_slot[key] = slot
-            self._replenish(delay=0.0)  # another idle slot for the next tenant, ahead of its demand
-            return slot
-        return None
+        idle = [slot for slot in self._idle() if slot.trusted]
+        if not idle:
+            return None
+        slot = idle[0]  # the longest idle: the containers take turns, and each is checked as it is leased
+        slot.tenant = key
+        self._tenant_slot[key] = slot
+        if slot.silent_s() >= FRESH_S:
+            self._verify(slot, f"{slot.silent_s():.1f} s idle")
+        self._replenish(delay=0.0)  # another idle slot for the next tenant, ahead of its demand
+        return slot
 
     async def release(self, tenant: str) -> None:
         """The tenant is done: its slot (container) is destroyed, never to serve anyone else."""

@@ -24,7 +24,7 @@ import pytest
 
 from sandbox.executor import ExecutionStatus
 from sandbox.local import LocalExecutor
-from sandbox.pool import FRESH_S, DockerExecutor
+from sandbox.pool import FRESH_S, DockerExecutor, LocalBackend, SandboxPool
 from service.logs import RequestIdFilter, request_id_var
 from service.solver import Candidate, CandidateStatus, Solver
 from tests.doubles import ScriptedEngine
@@ -123,6 +123,34 @@ async def test_ready_pings_a_silent_runner_and_says_no_while_none_answers(local:
         assert time.monotonic() < deadline, local.stats()
         await asyncio.sleep(0.1)
     assert (await local.execute("6 * 7")).stdout == "42\n"
+
+
+async def test_a_busy_event_loop_cannot_keep_a_checked_slot_from_its_lease() -> None:
+    """However long this process takes to look after the answer (an engine step on its event loop), the
+    answer settles the lease: a lease decided by the silence measured then would ping again, forever."""
+    pool = SandboxPool(
+        LocalBackend(), size=1, concurrency=2, isolate_tenants=True, start_timeout_s=15, health_timeout_s=5
+    )
+    hogging = True
+
+    async def hog() -> None:
+        while hogging:
+            time.sleep(0.8)  # blocking on purpose: the loop does nothing else meanwhile
+            await asyncio.sleep(0)
+
+    try:
+        await pool.start()
+        await asyncio.sleep(FRESH_S)  # the idle slot is pinged as it is leased
+        hogger = asyncio.create_task(hog())
+        try:
+            result = await pool.execute("6 * 7", tenant="request")
+        finally:
+            hogging = False
+            await hogger
+        assert (result.status, result.stdout) == (ExecutionStatus.OK, "42\n"), result
+        assert pool.stats()["replaced"] == 0
+    finally:
+        await pool.close()
 
 
 # -- item 3: a block that dies with its sandbox says so, and the candidate's error carries it -------
