@@ -485,7 +485,7 @@ def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -
     """
     import torch
 
-    hits: dict[str, list[bool]] = {"all": []}
+    hits: dict[str, list[bool]] = {"all": [], **{family: [] for family in FAMILIES}}
     model.eval()
     with torch.no_grad():
         for problem in problems:
@@ -497,9 +497,9 @@ def teacher_forced_accuracy(model, tokenizer, problems: Sequence[DemoProblem]) -
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
             hit = all(predicted[i - 1] == ids[i] for i in range(1, len(ids)) if scored[i])
             hits["all"].append(hit)
-            hits.setdefault(problem.family, []).append(hit)
+            hits[problem.family].append(hit)
     model.train()
-    return {name: sum(values) / len(values) for name, values in hits.items()}
+    return {name: sum(values) / len(values) for name, values in hits.items() if values}
 
 
 @dataclass
@@ -624,25 +624,20 @@ def build_demo_model(
 def build_signature(config: DemoConfig = DemoConfig()) -> str:
     """A short hash of the recipe: a shipped model whose build record holds another one is stale.
 
-    It covers BUILD_VERSION, the config, this module's code (its syntax tree without docstrings,
-    so prose and comments do not count) and what the module takes from elsewhere: a sample of
-    the training texts as scored (training.data's prompt format, service.tir's output block) and
-    the tokenizer's chat template and added tokens. Library versions do not count: the build
-    checks its tokenizer's round trip, and the record names the versions it was built with.
+    It covers BUILD_VERSION, the config, this module's code (`_recipe_code`: prose does not
+    count) and what the module takes from elsewhere: a sample of the training texts as scored
+    (training.data's prompt format, service.tir's output block) and the tokenizer's chat
+    template and added tokens. Library versions do not count: the build checks its tokenizer's
+    round trip, and the record names the versions it was built with.
     """
-    import ast
     import hashlib
 
-    tree = ast.parse(Path(__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
-            node.body = node.body[1:]
     samples = [_scored_spans(p) for p in _take(training_problems(config.seed), 64)]
     digest = hashlib.sha256()
     for part in (
         str(BUILD_VERSION),
         json.dumps(asdict(config), sort_keys=True),
-        ast.dump(tree),
+        _recipe_code(),
         json.dumps(samples),
         NUMINA_CHAT_TEMPLATE,
         PROBLEM_PREFIX,
@@ -650,6 +645,30 @@ def build_signature(config: DemoConfig = DemoConfig()) -> str:
     ):
         digest.update(part.encode())
     return digest.hexdigest()[:12]
+
+
+def _recipe_code() -> str:
+    """This module's source without docstrings, comments and blank lines.
+
+    Read from the text, not from `ast.dump` or `ast.unparse`, whose output differs between
+    Python 3.11 and 3.12 for the same source (measured): the signature must not depend on the
+    interpreter that computes it.
+    """
+    import ast
+    import io
+    import tokenize
+
+    source = Path(__file__).read_text()
+    lines = source.splitlines()
+    prose: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None:
+            prose.update(range(node.body[0].lineno - 1, node.body[0].end_lineno))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, column = token.start
+            lines[row - 1] = lines[row - 1][:column]
+    return "\n".join(line.rstrip() for i, line in enumerate(lines) if i not in prose and line.strip())
 
 
 def _take(iterator: Iterator[DemoProblem], count: int) -> list[DemoProblem]:
