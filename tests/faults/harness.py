@@ -33,15 +33,19 @@ def demo_service_env(model: Path, pool_name: str, **overrides: str) -> dict[str,
     """The environment of a service on the demo model with a small Docker pool of its own name."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCTIR_")} | VLLM_CPU_ENV
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the service's engine core is its own process, as deployed
-    return env | {
-        "SCTIR_ENGINE": "vllm",
-        "SCTIR_MODEL": str(model),
-        "SCTIR_EXECUTOR": "docker",
-        "SCTIR_SANDBOX_POOL_SIZE": "1",
-        "SCTIR_SANDBOX_POOL_NAME": pool_name,
-        "SCTIR_KV_CACHE_MEMORY_BYTES": str(256 * 2**20),
-        "SCTIR_LOG_LEVEL": "debug",
-    } | overrides
+    return (
+        env
+        | {
+            "SCTIR_ENGINE": "vllm",
+            "SCTIR_MODEL": str(model),
+            "SCTIR_EXECUTOR": "docker",
+            "SCTIR_SANDBOX_POOL_SIZE": "1",
+            "SCTIR_SANDBOX_POOL_NAME": pool_name,
+            "SCTIR_KV_CACHE_MEMORY_BYTES": str(256 * 2**20),
+            "SCTIR_LOG_LEVEL": "debug",
+        }
+        | overrides
+    )
 
 
 @dataclass
