@@ -271,7 +271,9 @@ def test_the_runner_killed_from_inside_survives_and_its_blocks_say_so(service: S
     kill_from_inside(container)
     fault = time.monotonic()
     container.reload()
-    assert container.status == "running"  # PID 1, the hub, lived on
+    # PID 1, the hub, lived on (unless the request already ended and released its container: then the
+    # replacement count below still shows that the kill did not take the container down)
+    assert container.status == "running" or not thread.is_alive(), container.status
     response = response_of(thread, outcome)
     took = time.monotonic() - fault
     assert response.status_code == 200, response.text
