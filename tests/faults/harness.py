@@ -27,6 +27,7 @@ from tests.servers import free_port
 from tests.tiny_model import VLLM_CPU_ENV
 
 REPORT_ENV = "SCTIR_FAULT_REPORT"
+ENGINE_REQUEST_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")  # in-process vLLM's own
 
 
 def demo_service_env(model: Path, pool_name: str, **overrides: str) -> dict[str, str]:
@@ -76,6 +77,22 @@ class Service:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"not ready within {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def held(self) -> dict[str, float]:
+        """What the service holds for requests: solver slots, the queue, sandbox blocks, sessions and leases,
+        engine requests; all 0 once they are over."""
+        samples = self.metrics()
+        return {
+            "in_flight": samples["sctir_requests_in_flight"],
+            "queued": samples["sctir_requests_queued"],
+            "sandbox_busy": samples["sctir_sandbox_busy"],
+            "sandbox_sessions": samples["sctir_sandbox_sessions"],
+            "sandbox_leased": samples['sctir_sandbox_containers{state="leased"}'],
+            "engine_requests": sum(v for k, v in samples.items() if k.startswith(ENGINE_REQUEST_GAUGES)),
+        }
+
+    def nothing_held(self) -> bool:
+        return not any(self.held().values())
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, by name and labels (e.g. 'sctir_sandbox_busy' or 'x{a="b"}')."""

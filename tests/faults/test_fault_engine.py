@@ -120,24 +120,6 @@ class VllmServer:
                 self.kill()
 
 
-def held(service: Service) -> dict[str, float]:
-    """What the service holds for requests: slots, queue, sandbox blocks and leases, engine requests; all 0 at rest."""
-    samples = service.metrics()
-    return {
-        "in_flight": samples["sctir_requests_in_flight"],
-        "queued": samples["sctir_requests_queued"],
-        "sandbox_busy": samples["sctir_sandbox_busy"],
-        "sandbox_leased": samples.get('sctir_sandbox_containers{state="leased"}', 0.0),
-        "engine_requests": sum(
-            v for k, v in samples.items() if k.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
-        ),
-    }
-
-
-def nothing_held(service: Service) -> bool:
-    return not any(held(service).values())
-
-
 def failed_candidates(service: Service) -> float:
     return service.metrics()['sctir_candidates_total{status="failed"}']
 
@@ -305,7 +287,7 @@ def test_remote_engine_killed_then_started_again(remote: tuple[VllmServer, Servi
     assert took_s < 5.0  # at once: nothing to wait for
     assert failed_candidates(service) - failed_before == 8
     probe_s = not_ready_within(service, timeout_s=3)
-    assert nothing_held(service)
+    assert service.nothing_held()
 
     server.start()
     server_up_s = server.wait_up()
@@ -313,7 +295,7 @@ def test_remote_engine_killed_then_started_again(remote: tuple[VllmServer, Servi
     ready_s = engine_ready_within(service, timeout_s=10)
     assert answers_correctly(service)
     answered = time.monotonic()
-    wait_until(lambda: nothing_held(service) and server.requests() == (0.0, 0.0), timeout_s=10)
+    wait_until(lambda: service.nothing_held() and server.requests() == (0.0, 0.0), timeout_s=10)
     record(
         "remote engine: vLLM server killed (SIGKILL), then started again",
         client_gets=f"the request in flight, {in_flight_s:.1f} s after the kill: {in_flight_message}; a new one, in "
@@ -345,14 +327,14 @@ def test_remote_engine_frozen_then_resumed(remote: tuple[VllmServer, Service]) -
         new_answer = stalled_503(new)
         assert STALL_S <= new_s < STALL_S + 3
         assert failed_candidates(service) - failed_before >= 5  # the new request's 4, at least 1 in flight
-        assert nothing_held(service)
+        assert service.nothing_held()
     finally:
         server.signal_group(signal.SIGCONT)
     resumed = time.monotonic()
     ready_s = engine_ready_within(service, timeout_s=10)
     assert answers_correctly(service)
     answered_s = time.monotonic() - resumed
-    wait_until(lambda: nothing_held(service) and server.requests() == (0.0, 0.0), timeout_s=15)
+    wait_until(lambda: service.nothing_held() and server.requests() == (0.0, 0.0), timeout_s=15)
     record(
         "remote engine: vLLM server frozen (SIGSTOP), then resumed (SIGCONT)",
         client_gets=f"(SCTIR_ENGINE_STALL_S={STALL_S:g}) the request in flight, {in_flight_s:.1f} s after the "
@@ -381,7 +363,7 @@ def test_in_process_engine_core_frozen_then_resumed(demo_model: Path, tmp_path: 
         (core,) = [p for p in engine_processes(service) if p.name() == "VLLM::EngineCore"]
         failed_before = failed_candidates(service)
         thread, outcome = post_in_background(service.url, SLOW_REQUEST)
-        wait_until(lambda: held(service)["engine_requests"] >= 1, timeout_s=30, interval_s=0.02)
+        wait_until(lambda: service.held()["engine_requests"] >= 1, timeout_s=30, interval_s=0.02)
         core.suspend()  # SIGSTOP
         frozen = time.monotonic()
         try:
@@ -401,7 +383,7 @@ def test_in_process_engine_core_frozen_then_resumed(demo_model: Path, tmp_path: 
         ready_s = engine_ready_within(service, timeout_s=10)
         assert answers_correctly(service)
         answered_s = time.monotonic() - resumed
-        wait_until(lambda: nothing_held(service), timeout_s=15)
+        wait_until(lambda: service.nothing_held(), timeout_s=15)
     record(
         "in-process engine: EngineCore frozen (SIGSTOP), then resumed (SIGCONT)",
         client_gets=f"(SCTIR_ENGINE_STALL_S={STALL_S:g}) the request in flight, {in_flight_s:.1f} s after the "
@@ -425,7 +407,7 @@ def test_service_killed_with_sigkill_leaves_no_engine_process_and_starts_again(
         children = descendants(service)
         assert sorted(p.name() for p in engine_processes(service)) == ["VLLM::EngineCore", "VLLM::Worker"]
         thread, outcome = post_in_background(service.url, SLOW_REQUEST)
-        wait_until(lambda: held(service)["sandbox_busy"] >= 1, timeout_s=30)  # solving: its code runs
+        wait_until(lambda: service.held()["sandbox_busy"] >= 1, timeout_s=30)  # solving: its code runs
         containers = containers_of(pool)
         service.process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -439,7 +421,7 @@ def test_service_killed_with_sigkill_leaves_no_engine_process_and_starts_again(
         assert not set(left) & set(containers_of(pool))  # the dead service's leftovers are gone
         assert answers_correctly(restarted)
         recovered_s = time.monotonic() - killed
-        wait_until(lambda: nothing_held(restarted), timeout_s=10)
+        wait_until(lambda: restarted.nothing_held(), timeout_s=10)
         children = descendants(restarted)
     wait_until(lambda: not running(children) and not containers_of(pool), timeout_s=30)
     record(

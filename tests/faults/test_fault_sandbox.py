@@ -85,26 +85,12 @@ def pause(container) -> None:
             time.sleep(0.1)
 
 
-def held(service: Service) -> dict[str, float]:
-    """What the service holds for requests; all 0 once they are over."""
-    samples = service.metrics()
-    return {
-        "in_flight": samples["sctir_requests_in_flight"],
-        "sandbox_busy": samples["sctir_sandbox_busy"],
-        "sandbox_sessions": samples["sctir_sandbox_sessions"],
-        "sandbox_leased": samples['sctir_sandbox_containers{state="leased"}'],
-        "engine_requests": sum(
-            v for k, v in samples.items() if k.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
-        ),
-    }
-
-
 def whole(service: Service) -> bool:
     """Nothing held, the one warm container up and idle, no other container of the pool in any state."""
     samples = service.metrics()
     containers = pool_containers()
     return (
-        not any(held(service).values())
+        service.nothing_held()
         and samples['sctir_sandbox_containers{state="idle"}'] == 1
         and samples['sctir_sandbox_containers{state="starting"}'] == 0
         and [c["State"] for c in containers] == ["running"]
@@ -142,7 +128,7 @@ def solve_in_background(service: Service) -> tuple[threading.Thread, list]:
 
 def blocks_in_flight(service: Service) -> object:
     """The container running the slow request's blocks, once they run (the request leased the oldest)."""
-    wait_until(lambda: held(service)["sandbox_busy"] >= 1, timeout_s=30)
+    wait_until(lambda: service.held()["sandbox_busy"] >= 1, timeout_s=30)
     time.sleep(0.3)  # the other candidates' blocks, generated in the same batch, start too
     return docker_client().containers.get(pool_containers()[0]["Id"])
 

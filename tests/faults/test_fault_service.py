@@ -31,24 +31,6 @@ def service_env(model: Path, pool: str = POOL) -> dict[str, str]:
     return demo_service_env(model, pool, SCTIR_MAX_IN_FLIGHT="1", SCTIR_MAX_QUEUE="4", SCTIR_NUM_SAMPLES="4")
 
 
-def held(service: Service) -> dict[str, float]:
-    """What the service holds for requests: slots, queue, sandbox executions and leases, engine requests."""
-    samples = service.metrics()
-    return {
-        "in_flight": samples["sctir_requests_in_flight"],
-        "queued": samples["sctir_requests_queued"],
-        "sandbox_busy": samples["sctir_sandbox_busy"],
-        "sandbox_leased": samples.get('sctir_sandbox_containers{state="leased"}', 0.0),
-        "engine_requests": sum(
-            v for k, v in samples.items() if k.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
-        ),
-    }
-
-
-def nothing_held(service: Service) -> bool:
-    return not any(held(service).values())
-
-
 def answers_correctly(service: Service) -> bool:
     response = httpx.post(
         f"{service.url}/solve", json={"problem": QUICK_PROBLEM, "num_samples": 4, "seed": 2}, timeout=120
@@ -81,11 +63,11 @@ def post_in_background(url: str, body: dict, read_timeout_s: float) -> tuple[thr
 
 def test_a_client_that_leaves_while_solving_frees_everything_it_held(service: Service) -> None:
     thread, outcome = post_in_background(service.url, SLOW_REQUEST, read_timeout_s=2)
-    wait_until(lambda: held(service)["sandbox_busy"] >= 1, timeout_s=10)  # solving: its code runs
+    wait_until(lambda: service.held()["sandbox_busy"] >= 1, timeout_s=10)  # solving: its code runs
     thread.join(timeout=15)
     assert isinstance(outcome[0], httpx.ReadTimeout)  # the client gave up and closed the connection
     gone = time.monotonic()
-    wait_until(lambda: nothing_held(service), timeout_s=10)
+    wait_until(lambda: service.nothing_held(), timeout_s=10)
     freed_s = time.monotonic() - gone
     assert answers_correctly(service)
     recovered_s = time.monotonic() - gone
@@ -100,17 +82,17 @@ def test_a_client_that_leaves_while_solving_frees_everything_it_held(service: Se
 
 def test_a_client_that_leaves_while_queued_leaves_the_queue_and_the_solving_one_answers(service: Service) -> None:
     first, first_outcome = post_in_background(service.url, SLOW_REQUEST, read_timeout_s=60)
-    wait_until(lambda: held(service)["in_flight"] == 1, timeout_s=10)
+    wait_until(lambda: service.held()["in_flight"] == 1, timeout_s=10)
     second, second_outcome = post_in_background(service.url, {**SLOW_REQUEST, "seed": 3}, read_timeout_s=1)
     second.join(timeout=10)
     assert isinstance(second_outcome[0], httpx.ReadTimeout)
     gone = time.monotonic()
-    wait_until(lambda: held(service)["queued"] == 0, timeout_s=5)
+    wait_until(lambda: service.held()["queued"] == 0, timeout_s=5)
     left_queue_s = time.monotonic() - gone
-    assert held(service)["in_flight"] == 1  # the first is untouched
+    assert service.held()["in_flight"] == 1  # the first is untouched
     first.join(timeout=60)
     assert first_outcome[0].status_code == 200, first_outcome[0].text
-    wait_until(lambda: nothing_held(service), timeout_s=10)
+    wait_until(lambda: service.nothing_held(), timeout_s=10)
     record(
         "client disconnects while queued",
         client_gets="(gone); the request solving beside it: 200",
@@ -129,7 +111,7 @@ def test_sigterm_finishes_the_requests_in_flight_and_queued_then_leaves_nothing(
         posts = [
             post_in_background(service.url, {**SLOW_REQUEST, "seed": seed}, read_timeout_s=90) for seed in range(3)
         ]
-        wait_until(lambda: held(service)["in_flight"] == 1 and held(service)["queued"] == 2, timeout_s=10)
+        wait_until(lambda: service.held()["in_flight"] == 1 and service.held()["queued"] == 2, timeout_s=10)
         signalled = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
         for thread, _ in posts:
