@@ -4,7 +4,7 @@
 
 Each scenario of the tier injects one fault into a real service (vLLM on CPU with the demo model,
 the Docker sandbox, real HTTP) and records what the client got, what was left running or held
-afterwards, and how long the service took to recover (tests/faults/harness.py `record`). The
+afterwards, and how long the service took to recover (tests/support/fault_report.py `record`). The
 tests assert the behaviour; this script only runs them with the report switched on.
 """
 
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.sandbox import write_section
-from tests.faults.harness import REPORT_ENV
+from tests.support.fault_report import REPORT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ the slowest candidate, then all code runs, then the next step. The pipeline (ser
 lets every candidate go on as soon as its own code has run.
 
 The barrier only costs time when candidates differ, so by default the model is the random tiny
-model (tests/tiny_model.py) constrained to TIR text whose code blocks have a geometric number of
+model (tests/support/tiny_model.py) constrained to TIR text whose code blocks have a geometric number of
 lines and which, after an executed block, either answers or writes more code
-(bench/constrained.py): candidates differ in code length and in steps. `--model DIR` serves a
+(tests/support/constrained.py): candidates differ in code length and in steps. `--model DIR` serves a
 real model (e.g. the demo model, whose code is of near-constant length) unconstrained.
 
 Each problem runs under both schedules, in alternating order, each from a cold prefix cache.
@@ -37,14 +37,14 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.constrained import ConstrainedVllmEngine, varying_tir_regex
 from bench.reference_schedule import solve_with_step_barrier
 from sandbox.pool import DockerExecutor
 from service.answers import AnswerMode
 from service.engines.base import StepRequest, StepResult
 from service.engines.vllm_local import VllmEngine
 from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
-from tests.tiny_model import BUILD_VERSION, VLLM_CPU_ENV, build_tiny_model, tiny_vllm_options
+from tests.support.constrained import ConstrainedVllmEngine, varying_tir_regex
+from tests.support.tiny_model import BUILD_VERSION, VLLM_CPU_ENV, build_tiny_model, tiny_vllm_options
 from training.demo import heldout_problems
 
 TINY_MODEL_DIR = Path.home() / ".cache" / "sctir" / f"tiny-model-v{BUILD_VERSION}"
@@ -109,7 +109,7 @@ class Row:
 def make_engine(model: str | None, max_num_seqs: int | None, *, loops: bool) -> VllmEngine:
     """The tiny model, constrained (model None), or `model` as the service would serve it on CPU.
 
-    `loops`: the tiny model's code also runs a loop of a length it picks (bench/constrained.py).
+    `loops`: the tiny model's code also runs a loop of a length it picks (tests/support/constrained.py).
     """
     # float32 (tiny_vllm_options): batch-invariant numerics, so a seed's text does not depend on the schedule.
     model_dir = build_tiny_model(TINY_MODEL_DIR) if model is None else Path(model)

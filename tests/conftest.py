@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import VLLM_CPU_ENV, VLLM_MISSING, require_vllm
+from tests.support.tiny_model import VLLM_CPU_ENV, VLLM_MISSING, require_vllm
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Qwen2 and its tokenizer (see tests/tiny_model.py), built once per session."""
+    """A tiny random Qwen2 and its tokenizer (see tests/support/tiny_model.py), built once per session."""
     pytest.importorskip("torch", reason=VLLM_MISSING, exc_type=ImportError)
     pytest.importorskip("transformers", reason=VLLM_MISSING, exc_type=ImportError)
-    from tests.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -28,7 +28,7 @@ def vllm_installed() -> None:
 
 @pytest.fixture(scope="module")
 def vllm_cpu_env() -> Iterator[None]:
-    """vLLM's single-process CPU settings (tests/tiny_model.py VLLM_CPU_ENV) while a module's engine runs."""
+    """vLLM's single-process CPU settings (tests/support/tiny_model.py VLLM_CPU_ENV) while a module's engine runs."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in VLLM_CPU_ENV.items():
             patch.setenv(name, value)

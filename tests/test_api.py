@@ -1,6 +1,6 @@
 """The HTTP API over real HTTP (uvicorn on loopback), with the real local executor.
 
-Only the LLM's text is scripted (tests/doubles.py).
+Only the LLM's text is scripted (tests/support/doubles.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sandbox.local import LocalExecutor
 from service.api import MAX_BODY_BYTES, create_app
 from service.settings import Settings
-from tests.doubles import ScriptedEngine, fails
-from tests.servers import serve_in_thread
+from tests.support.doubles import ScriptedEngine, fails
+from tests.support.servers import serve_in_thread
 
 CODE = "Compute:\n```python\nprint(6*7)\n```\n```output\n"
 ANSWER = "\nThe answer is $\\boxed{42}$."  # the model writes the newline after the output block

@@ -12,8 +12,8 @@ from schemathesis import GenerationMode
 from sandbox.local import LocalExecutor
 from service.api import create_app
 from service.settings import Settings
-from tests.doubles import ScriptedEngine
-from tests.servers import serve_in_thread
+from tests.support.doubles import ScriptedEngine
+from tests.support.servers import serve_in_thread
 
 API_KEY = "fuzz-key"
 

@@ -22,8 +22,8 @@ from sandbox.local import LocalExecutor
 from service.api import create_app
 from service.engines.vllm_local import VllmEngine
 from service.settings import Settings
-from tests.servers import serve_in_thread
-from tests.tiny_model import tiny_vllm_options
+from tests.support.servers import serve_in_thread
+from tests.support.tiny_model import tiny_vllm_options
 
 SAMPLES = 4
 

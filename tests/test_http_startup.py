@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 SERVE = [sys.executable, "-m", "service.cli", "serve"]
 MISSING_IMAGE = "sctir-no-such-image:missing"

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sandbox.local import LocalExecutor
 from service.api import create_app
 from service.settings import Settings
-from tests.doubles import ScriptedEngine
-from tests.servers import serve_in_thread
+from tests.support.doubles import ScriptedEngine
+from tests.support.servers import serve_in_thread
 
 CODE = "Compute:\n```python\nprint(1)\n```\n```output\n"
 

@@ -16,15 +16,15 @@ import pytest
 from service.api import create_app
 from service.components import make_executor
 from service.settings import Settings
-from tests.doubles import ScriptedEngine
-from tests.prometheus import (
+from tests.support.doubles import ScriptedEngine
+from tests.support.prometheus import (
     dashboard_queries,
     panels_without_data,
     prometheus_binary,
     prometheus_scraping,
     scalar,
 )
-from tests.servers import serve_in_thread
+from tests.support.servers import serve_in_thread
 from tests.test_sandbox_docker import require_docker
 
 CODE = "```python\nprint(2)\n```\n```output\n"

@@ -16,7 +16,7 @@ import pytest
 
 from service.api import create_app
 from service.settings import Settings
-from tests.prometheus import (
+from tests.support.prometheus import (
     dashboard_queries,
     panels_without_data,
     prometheus_binary,
@@ -24,8 +24,8 @@ from tests.prometheus import (
     scalar,
     wait_for,
 )
-from tests.servers import serve_in_thread
-from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN
+from tests.support.servers import serve_in_thread
+from tests.support.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN
 
 # Long enough to fill several KV-cache blocks, so the N candidates' shared prompt hits the prefix cache.
 PROBLEM = "Find the sum of all positive integers n such that n squared plus 12 n is a perfect square. " * 4

@@ -29,7 +29,7 @@ import yaml
 
 from sandbox.executor import ExecutionStatus, ExecutorError
 from sandbox.pool import KEEPALIVE_S, LABEL_POOL, DockerExecutor
-from tests.servers import free_port
+from tests.support.servers import free_port
 from tests.test_sandbox_docker import IMAGE, LIMITS, require_docker, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]

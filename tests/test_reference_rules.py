@@ -17,7 +17,7 @@ from service.answers import AnswerMode, normalize, read_answer, tally
 from service.engines.base import ContextExhausted, StepRequest, StepResult
 from service.solver import Action, Candidate, CandidateStatus, Profile, Solver
 from service.tir import OUTPUT_MARKER, StepOutcome, classify_step
-from tests.doubles import ScriptedEngine, parse_request_id
+from tests.support.doubles import ScriptedEngine, parse_request_id
 from tests.test_solver import config
 
 # More than the 100 characters the notebook reads, with a box of its own: an answer read

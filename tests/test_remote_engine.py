@@ -31,8 +31,8 @@ from service.engines import progress
 from service.engines.base import ContextExhausted, Engine, EngineError, EngineStalled, SamplingParams, StepRequest
 from service.engines.progress import Progress
 from service.engines.remote import RemoteEngine, _failure
-from tests.openai_stub import MODEL, FakeServer, Reply, completion, make_app
-from tests.servers import serve_in_thread
+from tests.support.openai_stub import MODEL, FakeServer, Reply, completion, make_app
+from tests.support.servers import serve_in_thread
 
 API_KEY = "sk-test"
 STOP = "```output\n"

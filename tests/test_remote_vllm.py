@@ -23,8 +23,8 @@ import pytest
 
 from service.engines.base import ContextExhausted, SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
-from tests.servers import free_port
-from tests.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
+from tests.support.servers import free_port
+from tests.support.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
 
 MODEL = "tiny-sctir"
 START_TIMEOUT_S = 180.0

@@ -2,7 +2,7 @@
 
 The real executors fail for real (a Docker image that does not exist, an engine that is
 not there, an interpreter that does not exist) under the real Solver; only the LLM's
-text is scripted (tests/doubles.py). The Docker cases need a Docker engine (not the
+text is scripted (tests/support/doubles.py). The Docker cases need a Docker engine (not the
 sandbox image) and skip without one, unless SCTIR_REQUIRE_DOCKER=1.
 """
 
@@ -22,7 +22,7 @@ from sandbox.executor import Executor, ExecutorError
 from sandbox.local import LocalExecutor
 from sandbox.pool import DockerExecutor, DockerLimits, SandboxUnavailable
 from service.solver import CandidateStatus, ExecutionMode, Solver
-from tests.doubles import ScriptedEngine, parse_request_id
+from tests.support.doubles import ScriptedEngine, parse_request_id
 from tests.test_sandbox_docker import unavailable
 from tests.test_solver import PROBLEM, boxed, code, config
 

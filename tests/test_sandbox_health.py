@@ -6,7 +6,7 @@ block, before an idle container is leased, and in ready(). A block that dies wit
 says so in `sandbox_lost`, and the solver puts that in the candidate's `error`. The pool's
 background tasks log under no request's id. Real runners throughout (the local one, and Docker
 containers where marked: those skip without Docker unless SCTIR_REQUIRE_DOCKER=1); only the
-LLM's text is scripted (tests/doubles.py).
+LLM's text is scripted (tests/support/doubles.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sandbox.local import LocalExecutor
 from sandbox.pool import FRESH_S, DockerExecutor, LocalBackend, SandboxPool
 from service.logs import RequestIdFilter, request_id_var
 from service.solver import Candidate, CandidateStatus, Solver
-from tests.doubles import ScriptedEngine
+from tests.support.doubles import ScriptedEngine
 from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, require_docker
 from tests.test_solver import PROBLEM, boxed, code, config
 

@@ -19,7 +19,7 @@ from service.solver import (
     derive_seed,
 )
 from service.tir import OUTPUT_MARKER, TRUNCATION_SUFFIX
-from tests.doubles import ScriptedEngine, parse_request_id
+from tests.support.doubles import ScriptedEngine, parse_request_id
 
 PROBLEM = "What is 6 times 7?"
 

@@ -2,7 +2,7 @@
 
 Each /solve request is a tenant of the sandbox: it leases a container of its own,
 destroyed when it ends. A problem can steer the model into writing hostile code,
-so here the LLM's text is scripted (tests/doubles.py) per problem: an honest
+so here the LLM's text is scripted (tests/support/doubles.py) per problem: an honest
 problem whose code computes a secret, and a hostile one whose code spies on
 every place the other's could be, plants modules and links for later blocks,
 kills what it can reach, leaves processes behind and breaks its own container.
@@ -22,8 +22,8 @@ import pytest
 from sandbox.pool import DockerExecutor, DockerLimits
 from service.api import create_app
 from service.settings import Settings
-from tests.doubles import ScriptedEngine
-from tests.servers import serve_in_thread
+from tests.support.doubles import ScriptedEngine
+from tests.support.servers import serve_in_thread
 from tests.test_sandbox_docker import IMAGE, containers_of, require_docker
 
 SECRET = f"honest-{uuid.uuid4().hex}"

@@ -3,7 +3,7 @@
 The real-engine tests share one engine (and one event loop) per module: starting it takes
 ~10 s on CPU. The model is random, so its text is noise; where a test needs TIR-shaped text
 (a stop string actually generated, code that runs) the engine constrains the sampling with
-vLLM's structured outputs (bench/constrained.py: ConstrainedVllmEngine). The tokens are still
+vLLM's structured outputs (tests/support/constrained.py: ConstrainedVllmEngine). The tokens are still
 sampled from the model with the request's seed, so everything the engine does with them (stop
 strings, seeds, aborts) is vLLM's real behaviour.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bench.constrained import ConstrainedVllmEngine
 from sandbox.local import LocalExecutor
 from service.answers import AnswerMode
 from service.components import make_engine
@@ -37,7 +36,8 @@ from service.machine import NUMINA_MODEL
 from service.settings import EngineKind, Settings
 from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
-from tests.tiny_model import TINY_MAX_MODEL_LEN, tiny_vllm_options, tir_regex
+from tests.support.constrained import ConstrainedVllmEngine
+from tests.support.tiny_model import TINY_MAX_MODEL_LEN, tiny_vllm_options, tir_regex
 
 FALLBACK = "FALLBACK: {problem} :"
 module_loop = pytest.mark.asyncio(loop_scope="module")

