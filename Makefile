@@ -57,7 +57,7 @@ test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP) test-system
 	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_GVISOR=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo model ships in the repository (models/demo), so serving or benchmarking it never trains.
-# `make demo-model` rebuilds it from training/demo.py (about 10 CPU-minutes) after a change of the
+# `make demo-model` rebuilds it (python -m training.demo, about 10 CPU-minutes) after a change of the
 # recipe, which tests/test_demo_model.py detects; commit models/demo afterwards.
 $(DEMO_MODEL)/demo_build.json:
 	$(MAKE) demo-model

@@ -4,7 +4,7 @@
     python -m bench.demo_model --model /path --engine transformers --json-out results.json
     python -m bench.demo_model --executor docker     # through the Docker sandbox
 
-Solves the 100 held-out synthetic problems (training.demo.heldout_problems: the model never saw
+Solves the 100 held-out synthetic problems (training.synthetic.heldout_problems: the model never saw
 them; arithmetic, word problems and linear equations in turn) through the real solver
 (service.solver.Solver) twice: with real code execution (the service's executor: --executor
 local, or docker for the sandbox containers) and with every output block left empty
@@ -29,8 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from service.answers import AnswerMode
-from training.demo import FAMILIES, DemoConfig, build_demo_model, heldout_problems
+from training.demo import build_demo_model
+from training.demo_training import DemoConfig
 from training.evaluate import VLLM_CPU_ENV, BlindExecutor, Evaluation, make_engine, solve_all, solve_config
+from training.synthetic import FAMILIES, heldout_problems
 
 console = Console(stderr=True)
 

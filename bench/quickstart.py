@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench.sandbox import write_section
-from training.demo import EXAMPLES
+from training.synthetic import EXAMPLES
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"

@@ -45,7 +45,7 @@ from service.engines.vllm_local import VllmEngine
 from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
 from tests.support.constrained import ConstrainedVllmEngine, varying_tir_regex
 from tests.support.tiny_model import BUILD_VERSION, VLLM_CPU_ENV, build_tiny_model, tiny_vllm_options
-from training.demo import heldout_problems
+from training.synthetic import heldout_problems
 
 TINY_MODEL_DIR = Path.home() / ".cache" / "sctir" / f"tiny-model-v{BUILD_VERSION}"
 console = Console(width=150)

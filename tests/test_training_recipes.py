@@ -280,7 +280,8 @@ def run_block(code: str) -> str:
 
 def test_demo_solutions_box_the_value_their_code_prints() -> None:
     """Every family, held-out and training problems: run the code, compare with the boxed answer."""
-    from training.demo import EXAMPLES, FAMILIES, heldout_problems, solution_text, synthetic_records, training_problems
+    from training.data import synthetic_records
+    from training.synthetic import EXAMPLES, FAMILIES, heldout_problems, solution_text, training_problems
 
     heldout = heldout_problems()
     assert len({p.problem for p in heldout}) == 100
@@ -303,7 +304,7 @@ def test_demo_solutions_box_the_value_their_code_prints() -> None:
 
 
 def arithmetic_expression(problem: str) -> str:
-    from training.demo import ARITHMETIC_QUESTIONS
+    from training.synthetic import ARITHMETIC_QUESTIONS
 
     for question in ARITHMETIC_QUESTIONS:
         before, after = question.split("{}")
@@ -313,7 +314,7 @@ def arithmetic_expression(problem: str) -> str:
 
 
 def linear_equation(problem: str) -> str:
-    from training.demo import EQUATION_QUESTIONS
+    from training.synthetic import EQUATION_QUESTIONS
 
     for question in EQUATION_QUESTIONS:
         before, after = question.split("{}")
@@ -342,7 +343,7 @@ def word_pattern(template: str) -> re.Pattern[str]:
 
 def test_every_readme_example_is_a_problem_of_the_task_and_its_answer_is_right() -> None:
     """The examples are phrased as the model was trained (numbers aside), and their answers are correct."""
-    from training.demo import EXAMPLES, FAMILIES, ITEMS, NAMES, WORD_TEMPLATES, make_problem
+    from training.synthetic import EXAMPLES, FAMILIES, ITEMS, NAMES, WORD_TEMPLATES, make_problem
 
     def shape(text: str) -> str:
         return re.sub(r"\d+", "9", text)
@@ -390,7 +391,8 @@ def test_blind_execution_and_answer_comparison() -> None:
 
 def test_demo_tokenizer_round_trips_and_splits_digits(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from training.demo import build_tokenizer, heldout_problems, save_tokenizer, solution_text
+    from training.scratch import build_tokenizer, save_tokenizer
+    from training.synthetic import heldout_problems, solution_text
 
     texts = [format_example(p.problem, solution_text(p)) for p in heldout_problems(200, seed=1)]
     tokenizer = save_tokenizer(build_tokenizer(texts, vocab_size=256), tmp_path, texts[:50])
@@ -412,12 +414,13 @@ def test_demo_tokenizer_round_trips_and_splits_digits(tmp_path: Path) -> None:
 def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 1-layer Qwen2 with the demo tokenizer: text is noise, but every engine rule applies."""
     pytest.importorskip("transformers")
-    from training.demo import DemoConfig, build_model, build_tokenizer, heldout_problems, save_tokenizer, solution_text
+    from training.scratch import ModelShape, build_tokenizer, random_qwen2, save_tokenizer
+    from training.synthetic import heldout_problems, solution_text
 
     out = tmp_path_factory.mktemp("random-model")
     texts = [format_example(p.problem, solution_text(p)) for p in heldout_problems(100, seed=3)]
     tokenizer = save_tokenizer(build_tokenizer(texts, vocab_size=256), out, texts[:10])
-    model = build_model(tokenizer, DemoConfig(num_layers=1, intermediate_size=128))
+    model = random_qwen2(tokenizer, ModelShape(num_layers=1, intermediate_size=128), seed=0)
     model.generation_config.eos_token_id = len(tokenizer) + 100  # never sampled: steps end by length or stop
     model.save_pretrained(out)
     return out

@@ -12,7 +12,7 @@ Sources (``DataSpec``):
   (stage 2, KTO, GPTQ calibration); loaded with ``datasets.load_dataset``;
 - a local file (``.jsonl``, ``.json``, ``.parquet``) or a directory of them; ``$SCTIR_DATA_DIR``
   in a path is expanded (default: ``../shared/data`` next to the repository);
-- ``synthetic-arithmetic``: the demo model's generated problems (``training.demo``).
+- ``synthetic-arithmetic``: the demo model's generated problems (``training.synthetic``).
 
 Records are normalised to ``problem``, ``solution`` (the assistant's text) and ``answer`` (the
 reference final answer, or None), whatever the source's columns: NuminaMath's
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from service.answers import extract_answer
 from service.settings import NUMINA_PROMPT_TEMPLATE
 from service.tir import OUTPUT_LIMIT_CHARS, OUTPUT_MARKER, output_block
+from training.synthetic import heldout_problems, solution_text, training_problems
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset
@@ -104,6 +105,12 @@ class Record:
     problem: str
     solution: str
     answer: str | None
+
+
+def synthetic_records(count: int, seed: int = 0) -> list[Record]:
+    """The demo's task as Records (the `synthetic-arithmetic` source), never a held-out problem."""
+    stream = training_problems(seed, exclude=heldout_problems())
+    return [Record(p.problem, solution_text(p), str(p.answer)) for p in (next(stream) for _ in range(count))]
 
 
 def normalize_record(row: dict[str, Any]) -> Record | None:
@@ -189,8 +196,6 @@ def load_raw(spec: DataSpec, split: str) -> Dataset:
     from datasets import Dataset, load_dataset
 
     if spec.dataset == SYNTHETIC:
-        from training.demo import synthetic_records
-
         seed = spec.seed if split == spec.split else spec.seed + 1_000_003
         return Dataset.from_list([r.__dict__ for r in synthetic_records(spec.synthetic_count, seed=seed)])
     if spec.is_local:

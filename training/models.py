@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from training.data import NUMINA_CHAT_TEMPLATE
+from training.scratch import ModelShape, build_tokenizer, random_qwen2
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,7 @@ def _available_attention(requested: str) -> str:
 
 
 def _from_scratch(scratch: dict[str, Any], texts: Sequence[str], section: dict[str, Any]):
-    from training.demo import DemoConfig, build_model, build_tokenizer
-
-    defaults = DemoConfig()
-    config = DemoConfig(
-        hidden_size=int(scratch.get("hidden_size", defaults.hidden_size)),
-        num_layers=int(scratch.get("num_layers", defaults.num_layers)),
-        num_heads=int(scratch.get("num_heads", defaults.num_heads)),
-        intermediate_size=int(scratch.get("intermediate_size", defaults.intermediate_size)),
-        vocab_size=int(scratch.get("vocab_size", defaults.vocab_size)),
-        seed=int(scratch.get("seed", 0)),
-    )
-    tokenizer = build_tokenizer(list(texts), vocab_size=config.vocab_size)
-    model = build_model(tokenizer, config)
+    shape = ModelShape(**{f.name: int(scratch[f.name]) for f in dataclasses.fields(ModelShape) if f.name in scratch})
+    tokenizer = build_tokenizer(list(texts), vocab_size=int(scratch.get("vocab_size", 1024)))
+    model = random_qwen2(tokenizer, shape, seed=int(scratch.get("seed", 0)))
     return model, prepare_tokenizer(tokenizer, section)

@@ -24,20 +24,11 @@ from pathlib import Path
 
 from service.engines.vllm_local import VllmOptions
 from tests.support.constrained import PROSE, ConstrainedVllmEngine
+from training.data import NUMINA_CHAT_TEMPLATE
+from training.scratch import ModelShape, random_qwen2, train_bpe
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
-
-# NuminaMath-7B-TIR's chat template: a user turn is "### Problem: {content}\n", an assistant turn
-# "### Solution: {content}\n", and the generation prompt "### Solution: ".
-NUMINA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '### Solution: ' + message['content'] + '\\n' }}"
-    "{% endif %}"
-    "{% if loop.last and message['role'] == 'user' and add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
-    "{% endfor %}"
-)
 
 PROBLEM_TOKEN = "### Problem: "
 SOLUTION_TOKEN = "### Solution: "
@@ -76,20 +67,15 @@ def _synthetic_tir_text(rng: random.Random, count: int) -> list[str]:
 
 def build_tokenizer(path: Path, *, vocab_size: int = 1024, seed: int = 0):
     """Train a byte-level BPE tokenizer and save it (with the chat template) to `path`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS, EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_synthetic_tir_text(random.Random(seed), 2000), trainer=trainer)
+    texts = _synthetic_tir_text(random.Random(seed), 2000)
+    train_bpe(tokenizer, texts, vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
@@ -119,9 +105,6 @@ def build_tiny_model(
     vLLM's CPU attention needs a head size of at least 32: hidden_size / num_heads.
     Skips the build when `path` already holds this BUILD_VERSION's model.
     """
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     path = Path(path)
     stamp = path / "tiny_model_build.json"
     signature = {
@@ -134,29 +117,12 @@ def build_tiny_model(
     }
     if stamp.exists() and json.loads(stamp.read_text()) == signature:
         return path
-    if hidden_size // num_heads < 32:
-        raise ValueError("vLLM's CPU attention needs hidden_size / num_heads >= 32")
     path.mkdir(parents=True, exist_ok=True)
-
     tokenizer = build_tokenizer(path, seed=seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+    shape = ModelShape(
+        hidden_size, num_layers, num_heads, intermediate_size=2 * hidden_size, max_positions=max_positions
     )
-    torch.manual_seed(seed)
-    # The default init (std 0.02) gives near-uniform next-token distributions: every seed samples
-    # a visibly different text, and EOS (1 token in ~1000) rarely ends a step early.
-    model = Qwen2ForCausalLM(config)
+    model = random_qwen2(tokenizer, shape, seed)
     model.save_pretrained(path, safe_serialization=True)
     stamp.write_text(json.dumps(signature))
     return path
