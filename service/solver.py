@@ -59,6 +59,14 @@ class CandidateStatus(StrEnum):
     FAILED = "failed"  # the engine or the executor failed
 
 
+class Failure(StrEnum):
+    """What failed a candidate: its `error` begins with it, and an engine failure asks clients to retry."""
+
+    ENGINE = "engine"
+    EXECUTOR = "executor"
+    INTERNAL = "internal"  # a bug: it costs one candidate, not the request
+
+
 class Profile(StrEnum):
     """Whose candidate rules: the service's, or the reference's exactly (the winners' notebook)."""
 
@@ -118,6 +126,7 @@ class Candidate:
     answer: str | None = None
     vote: str | None = None
     error: str | None = None
+    failure: Failure | None = None  # set with status FAILED
     prompt_tokens: int = 0
     completion_tokens: int = 0
     generation_s: float = 0.0
@@ -175,6 +184,11 @@ class Candidate:
         """End with `status`; `error` says why, then the sandbox lost under its blocks if one was (see the module)."""
         self.status, self.error = status, _joined(error, self.sandbox_lost)
         return Action.DONE
+
+    def fail(self, failure: Failure, error: object) -> Action:
+        """End as FAILED because of `failure`; `error` says how (its `error` reads "<failure>: <error>")."""
+        self.failure = failure
+        return self.finish(CandidateStatus.FAILED, f"{failure}: {error}")
 
     def lost_sandbox(self, what: str) -> None:
         """A sandbox died or froze under one of its blocks: said in `error` from now on (the first one)."""
@@ -286,7 +300,7 @@ class Solver:
                 raise
             except Exception as error:  # a bug must cost one candidate, not the request
                 log.exception("candidate crashed")
-                candidate.finish(CandidateStatus.FAILED, f"internal: {error!r}")
+                candidate.fail(Failure.INTERNAL, repr(error))
             running.discard(candidate.index)
             if self.on_candidate:
                 self.on_candidate(candidate)
@@ -336,7 +350,7 @@ class Solver:
                 except ContextExhausted:
                     generated = ""  # the reference's empty completion: judged like any empty step
                 except EngineError as error:
-                    candidate.finish(CandidateStatus.FAILED, f"engine: {error}")
+                    candidate.fail(Failure.ENGINE, error)
                     return
                 if generated is None:  # aborted inside the engine
                     return
@@ -385,11 +399,11 @@ class Solver:
             result = await self.executor.execute(code, session_id=session_id, tenant=tenant)
         except ExecutorError as error:  # the sandbox could not run it: the candidate's failure, never its output
             log.debug("candidate %d failed: executor: %s", candidate.index, error)  # the response says it once
-            candidate.finish(CandidateStatus.FAILED, f"executor: {error}")
+            candidate.fail(Failure.EXECUTOR, error)
             return None
         except Exception as error:  # a bug must cost one candidate, not the request
             log.exception("executor failed")
-            candidate.finish(CandidateStatus.FAILED, f"executor: {error}")
+            candidate.fail(Failure.EXECUTOR, error)
             return None
         finally:
             candidate.execution_s += time.monotonic() - started

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.local import LocalExecutor
-from service.api import MAX_BODY_BYTES, create_app
+from service.api.app import create_app
+from service.api.middleware import MAX_BODY_BYTES
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine, fails
 from tests.support.servers import serve_in_thread

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from sandbox.local import LocalExecutor
-from service.api import create_app
+from service.api.app import create_app
 from service.engines.vllm_local import VllmEngine
 from service.settings import Settings
 from tests.support.servers import serve_in_thread

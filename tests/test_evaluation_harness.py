@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.local import LocalExecutor
-from service.api import create_app
+from service.api.app import create_app
 from service.evaluation.backends import InProcessBackend
 from service.evaluation.command import add_arguments, run
 from service.evaluation.datasets import load_file

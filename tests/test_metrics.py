@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.local import LocalExecutor
-from service.api import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine
 from tests.support.servers import serve_in_thread

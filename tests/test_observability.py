@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.api import create_app
+from service.api.app import create_app
 from service.components import make_executor
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine

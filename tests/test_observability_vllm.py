@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.support.prometheus import (
     dashboard_queries,

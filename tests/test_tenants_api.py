@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from sandbox.pool import DockerExecutor, DockerLimits
-from service.api import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine
 from tests.support.servers import serve_in_thread

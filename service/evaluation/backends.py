@@ -10,13 +10,13 @@ import asyncio
 import uuid
 from typing import Any, Protocol
 
-import httpx
-
 from sandbox.executor import Executor
+from service.client import ServiceError, ServiceUnreachable, SolveClient
 from service.engines.base import Engine
 from service.schemas import SolveRequest, SolveResponse
 from service.settings import Settings
-from service.solver import CandidateStatus, Solver
+from service.solver import Solver
+from service.solving import AllCandidatesFailed, solve_once
 
 
 class SolveFailed(RuntimeError):
@@ -58,10 +58,10 @@ class InProcessBackend:
         request = SolveRequest(problem=problem, **overrides)
         config = request.to_config(self.settings)
         request_id = f"eval-{uuid.uuid4().hex[:12]}"
-        result = await self.solver.solve(problem, config, request_id)
-        failures = [c.error for c in result.candidates if c.status is CandidateStatus.FAILED]
-        if failures and len(failures) == len(result.candidates):
-            raise SolveFailed(f"every candidate failed; first error: {failures[0]}")
+        try:
+            result = await solve_once(self.solver, problem, config, request_id)
+        except AllCandidatesFailed as failure:
+            raise SolveFailed(str(failure)) from None
         return SolveResponse.from_result(result, config, request_id, 0.0, traces=False)
 
     async def close(self) -> None:
@@ -73,44 +73,35 @@ class HttpBackend:
     """POST /solve on a running service; 429 is waited out (its Retry-After), 4xx/5xx fail the problem."""
 
     def __init__(self, url: str, api_key: str | None = None, max_retries: int = 100) -> None:
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = url
+        self.api_key = api_key
         self.max_retries = max_retries
-        self.description = f"HTTP {self.url}"
-        self.client: httpx.AsyncClient | None = None
+        self.description = f"HTTP {url.rstrip('/')}"
+        self.client: SolveClient | None = None
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), headers=self.headers)
+        self.client = SolveClient(self.url, self.api_key)
         try:
-            await self.client.get(f"{self.url}/healthz")
-        except httpx.TransportError as error:
+            await self.client.check()
+        except ServiceUnreachable as error:
             await self.close()
-            raise Unreachable(f"cannot reach {self.url}: {error}") from None
+            raise Unreachable(str(error)) from None
 
     async def solve(self, problem: str, overrides: dict[str, Any]) -> SolveResponse:
         assert self.client is not None, "start() first"
-        payload = SolveRequest(problem=problem, **overrides).model_dump(exclude_none=True)
+        request = SolveRequest(problem=problem, **overrides)
         for _ in range(self.max_retries):
             try:
-                response = await self.client.post(f"{self.url}/solve", json=payload)
-            except httpx.TransportError as error:
-                raise Unreachable(f"cannot reach {self.url}: {error}") from None
-            if response.status_code == 429:
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-                continue
-            if response.status_code != 200:
-                raise SolveFailed(f"HTTP {response.status_code}: {_message(response)}")
-            return SolveResponse.model_validate(response.json())
+                return await self.client.solve(request)
+            except ServiceUnreachable as error:
+                raise Unreachable(str(error)) from None
+            except ServiceError as error:
+                if error.status != 429:
+                    raise SolveFailed(str(error)) from None
+                await asyncio.sleep(error.retry_after_s or 1)
         raise SolveFailed(f"still overloaded (429) after {self.max_retries} tries")
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("message", response.text))
-    except ValueError:
-        return response.text[:200]
