@@ -97,7 +97,7 @@ def wrapping_differs(code: str) -> bool:
 
     Both unparsable counts as the same program (both report a SyntaxError).
     """
-    from sandbox.program import block_program  # our runner's preparation, the thing under test
+    from sandbox.runner.program import block_program  # our runner's preparation, the thing under test
 
     return _tree(reference_program(code)) != _tree(block_program(code))
 

@@ -77,7 +77,7 @@ What the notebook does with the model's text once a step ends with
    lives in the caller, not in the REPL -- and appends f"{code_result}\\n```".
 
 This module reproduces 1-8 without importing the project's own program
-preparation (sandbox.program) or anything of service/: `reference_program`
+preparation (sandbox.runner.program) or anything of service/: `reference_program`
 (3), `reference_munge_stderr` (6), `reference_feedback` (the text of 5-7,
 BEFORE the cap), `reference_truncate` / `reference_output_block` (8), and
 `ReferenceExecutor`, the async executor with the Executor interface

@@ -166,7 +166,7 @@ class LlmSandboxExecutor:
             self.free.put_nowait(session)
 
     async def execute(self, code: str) -> ExecutionResult:
-        from sandbox.program import block_program
+        from sandbox.runner.program import block_program
 
         session = await self.free.get()
         started = time.monotonic()

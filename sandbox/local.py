@@ -1,4 +1,4 @@
-"""LocalExecutor: the runner (sandbox/runner.py) as a plain subprocess of this host. NOT isolated.
+"""LocalExecutor: the runner (sandbox/runner/) as a plain subprocess of this host. NOT isolated.
 
 For hosts without Docker (Kaggle, Colab, a laptop): the same runner as the
 sandbox containers, so a block costs milliseconds instead of a fresh
@@ -22,7 +22,7 @@ class LocalExecutor(SandboxPool):
     hosts without Docker (Kaggle, Colab, a laptop) where you accept that;
     anything serving untrusted requests needs the Docker executor.
 
-    One runner process (`python runner.py`) serves every block: it imports
+    One runner process (`python sandbox/runner`) serves every block: it imports
     numpy and sympy once in a zygote process and forks a spare per execution
     ahead of demand. `last_block` (no session id): each block runs in a
     fresh forked interpreter exactly as the reference's `python tmp.py` would

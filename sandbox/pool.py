@@ -66,7 +66,7 @@ from sandbox.executor import ExecutionResult, ExecutionStatus, ExecutorError
 
 log = logging.getLogger(__name__)
 
-RUNNER_PATH = Path(__file__).with_name("runner.py")
+RUNNER_PATH = Path(__file__).with_name("runner")  # the runner's program: a directory (sandbox/runner/__main__.py)
 HEADER = struct.Struct(">I")
 LABEL = "sctir.sandbox"
 LABEL_POOL = "sctir.sandbox.pool"

@@ -3,12 +3,13 @@
 #
 # 1. Bootstrap a Debian base that already holds python3 and the math packages
 #    (sandbox/image/debian-packages.txt): `mmdebstrap ... | docker import`, from Debian's own
-#    package archive, no registry involved.
+#    package archive, no registry involved (scripts/debian-base-image.sh).
 # 2. `docker build` the Dockerfile on it (--build-arg BASE_IMAGE=<that base>, --network=none).
 #
-# Idempotent: the base is tagged by a hash of its package list and bootstrap options, the image by
-# a hash of everything that goes into it (sandbox/image/*, runner.py, program.py, confine.py, the base); when
-# that tag exists nothing is rebuilt, and $IMAGE:latest is pointed at it.
+# Idempotent: the base is tagged by a hash of its package list and bootstrap options
+# (scripts/debian-base-image.sh), the image by a hash of everything that goes into it (sandbox/image/*,
+# the runner's package sandbox/runner/, the base); when that tag exists nothing is rebuilt, and
+# $IMAGE:latest is pointed at it.
 #
 # Environment:
 #   IMAGE        image name (default sctir-sandbox); the service's SCTIR_DOCKER_IMAGE is $IMAGE:latest
@@ -31,15 +32,6 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
-# Debian's python3 packages pull compilers and headers through Recommends and python3-scipy's
-# dependency on pythran; none of that is needed at run time, so it is not even unpacked.
-EXCLUDES=(
-    '/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*'
-    '/usr/include/*' '/usr/lib/gcc/*' '/usr/libexec/gcc/*' '/usr/bin/*lto-dump*'
-    '/usr/lib/x86_64-linux-gnu/*.a' '/usr/lib/aarch64-linux-gnu/*.a' '/usr/lib/python3.*/config-*/*.a'
-)
-packages=$(grep -v '^\s*#' sandbox/image/debian-packages.txt | tr -s ' \n' '\n' | grep -v '^$' | sort | paste -sd, -)
-
 # Without mmdebstrap and the rights to install it (apt as root), a host that reaches a registry
 # builds on the official Python image instead (the Dockerfile then pip-installs its requirements).
 if [ -z "${BASE_IMAGE:-}" ] && ! command -v mmdebstrap >/dev/null 2>&1 && [ "$(id -u)" != 0 ]; then
@@ -53,34 +45,15 @@ if [ -z "${BASE_IMAGE:-}" ] && ! command -v mmdebstrap >/dev/null 2>&1 && [ "$(i
 fi
 
 if [ -z "${BASE_IMAGE:-}" ]; then
-    base_hash=$( { echo "$SUITE $MIRROR $packages"; printf '%s\n' "${EXCLUDES[@]}"; } | sha256sum | cut -c1-12)
-    BASE_IMAGE="$IMAGE-base:$base_hash"
-    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        echo "base $BASE_IMAGE exists"
-    else
-        if ! command -v mmdebstrap >/dev/null 2>&1; then
-            echo "installing mmdebstrap..."
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null \
-                || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
-        fi
-        echo "bootstrapping $BASE_IMAGE from Debian $SUITE: $packages"
-        dpkgopts=()
-        for pattern in "${EXCLUDES[@]}"; do dpkgopts+=(--dpkgopt="path-exclude=$pattern"); done
-        log=$(mktemp /tmp/sctir-mmdebstrap.XXXXXX.log)
-        # shellcheck disable=SC2024
-        if ! mmdebstrap --variant=minbase --aptopt='APT::Install-Recommends "false"' \
-            --include="$packages" "${dpkgopts[@]}" "$SUITE" - \
-            "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
-            "deb ${MIRROR%/debian}/debian-security $SUITE-security main" 2>"$log" \
-            | docker import --message "mmdebstrap $SUITE: $packages" - "$BASE_IMAGE" >/dev/null; then
-            tail -n 30 "$log" >&2
-            docker image rm -f "$BASE_IMAGE" >/dev/null 2>&1 || true  # an import of a cut stream
-            echo "the bootstrap failed (log: $log)" >&2
-            exit 1
-        fi
-        rm -f "$log"
-        echo "base $BASE_IMAGE imported after $(elapsed) s"
-    fi
+    # Debian's python3 packages pull compilers and headers through Recommends and python3-scipy's
+    # dependency on pythran; none of that is needed at run time, so it is not even unpacked.
+    excludes=()
+    for pattern in '/usr/include/*' '/usr/lib/gcc/*' '/usr/libexec/gcc/*' '/usr/bin/*lto-dump*' \
+        '/usr/lib/x86_64-linux-gnu/*.a' '/usr/lib/aarch64-linux-gnu/*.a' '/usr/lib/python3.*/config-*/*.a'; do
+        excludes+=(--exclude "$pattern")
+    done
+    BASE_IMAGE=$(SUITE=$SUITE MIRROR=$MIRROR scripts/debian-base-image.sh "${excludes[@]}" "$IMAGE-base" \
+        sandbox/image/debian-packages.txt)
     network=none
 else
     echo "building FROM $BASE_IMAGE (no bootstrap)"
@@ -88,7 +61,7 @@ else
 fi
 
 base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || echo "$BASE_IMAGE")
-inputs_hash=$( { echo "$base_id"; cat sandbox/image/* sandbox/runner.py sandbox/program.py sandbox/confine.py; } \
+inputs_hash=$( { echo "$base_id"; cat sandbox/image/* sandbox/runner/*.py; } \
     | sha256sum | cut -c1-12)
 TAG="$IMAGE:$inputs_hash"
 if docker image inspect "$TAG" >/dev/null 2>&1; then
@@ -105,7 +78,8 @@ context=$(mktemp -d /tmp/sctir-sandbox-context.XXXXXX)
 trap 'rm -rf "$context"' EXIT
 mkdir -p "$context/sandbox/image"
 cp sandbox/image/* "$context/sandbox/image/"
-cp sandbox/runner.py sandbox/program.py sandbox/confine.py "$context/sandbox/"
+mkdir -p "$context/sandbox/runner"
+cp sandbox/runner/*.py "$context/sandbox/runner/"
 if ! output=$(DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build --network="$network" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --label "sctir.sandbox.inputs=$inputs_hash" \
     -f "$context/sandbox/image/Dockerfile" -t "$TAG" -t "$IMAGE:latest" "$context" 2>&1); then

@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # A Debian base image with some packages, built with no container registry: `mmdebstrap ... |
-# docker import` from Debian's own archive (as scripts/build-sandbox-image.sh does for the sandbox).
+# docker import` from Debian's own archive (the base of the sandbox image, scripts/build-sandbox-image.sh,
+# and of the compose stack's images, scripts/build-compose-images.sh).
 #
-#   scripts/debian-base-image.sh NAME PACKAGES_FILE...   prints the image's tag (NAME:<hash>) on stdout
+#   scripts/debian-base-image.sh [--exclude PATTERN]... NAME PACKAGES_FILE...
+#       prints the image's tag (NAME:<hash>) on stdout
 #
 # PACKAGES_FILE: Debian packages, one or more a line; comments and blank lines are ignored. Several
 # files make one base with all their packages (images that share it cost one bootstrap).
+# --exclude PATTERN: files that dpkg does not even unpack (a path-exclude glob), besides documentation
+# and locales.
 # Idempotent: the tag is a hash of the package list and the bootstrap options; when it exists nothing
 # is done. Progress goes to stderr. Environment: SUITE (default bookworm), MIRROR (default
 # http://deb.debian.org/debian).
 set -euo pipefail
 
-NAME=${1:?usage: debian-base-image.sh NAME PACKAGES_FILE...}
+usage="usage: debian-base-image.sh [--exclude PATTERN]... NAME PACKAGES_FILE..."
+# Documentation and locales are never read in these images: not even unpacked.
+EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*')
+while [ "${1:-}" = --exclude ]; do
+    EXCLUDES+=("${2:?$usage}")
+    shift 2
+done
+NAME=${1:?$usage}
 shift
-[ $# -gt 0 ] || { echo "usage: debian-base-image.sh NAME PACKAGES_FILE..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 started=$(date +%s)
-
-# Documentation and locales are never read in these images: not even unpacked.
-EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*')
 packages=$(cat "$@" | grep -v '^\s*#' | tr -s ' \n' '\n' | grep -v '^$' | sort -u | paste -sd, -)
 hash=$( { echo "$SUITE $MIRROR $packages"; printf '%s\n' "${EXCLUDES[@]}"; } | sha256sum | cut -c1-12)
 TAG="$NAME:$hash"

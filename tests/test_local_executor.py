@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 
 from sandbox.executor import ExecutionStatus, Executor, ExecutorError
 from sandbox.local import LocalExecutor
-from sandbox.program import PREAMBLE, block_program, trim_traceback, with_auto_print
+from sandbox.runner.program import PREAMBLE, block_program, trim_traceback, with_auto_print
 
 CAP = 64 * 1024
 
@@ -501,21 +502,30 @@ async def test_a_closed_executor_raises() -> None:
         await ex.execute("1")
 
 
-@pytest.mark.parametrize("module", ["runner", "program", "confine"])
-def test_what_runs_in_the_sandbox_is_stdlib_only(module: str) -> None:
-    import ast
+RUNNER = Path(__file__).parents[1] / "sandbox" / "runner"
 
-    tree = ast.parse((Path(__file__).parents[1] / "sandbox" / f"{module}.py").read_text())
+
+@pytest.mark.parametrize("module", sorted(path.stem for path in RUNNER.glob("*.py")))
+def test_what_runs_in_the_sandbox_is_stdlib_only(module: str) -> None:
+    tree = ast.parse((RUNNER / f"{module}.py").read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0)  # not the runner's own
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "program", "confine"}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
-# -- the runner underneath (sandbox/runner.py) ----------------------------------------
+async def test_the_zygote_never_loads_the_hubs_modules(executor: LocalExecutor) -> None:
+    """A block's interpreter is a fork of the zygote: what it has loaded, the zygote loaded."""
+    result = await executor.execute("import sys\nsorted(m for m in sys.modules if m.split('.')[0] == 'runner')")
+    loaded = set(ast.literal_eval(result.stdout))
+    assert {"runner.zygote", "runner.spare", "runner.child", "runner.wire"} <= loaded, loaded
+    assert not loaded & {"runner.hub", "runner.runs", "runner.supervisor", "runner.loop", "runner.health"}, loaded
+
+
+# -- the runner underneath (sandbox/runner/) ----------------------------------------
 
 
 async def test_blocks_take_milliseconds_once_warm(executor: LocalExecutor) -> None:

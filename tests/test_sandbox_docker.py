@@ -276,7 +276,15 @@ async def test_no_dns(pool: DockerExecutor) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["/etc/passwd", "/opt/sctir/runner.py", "/opt/sctir/program.py", "/pwned", "/usr/lib/python3/pwned.py", "/root/x"],
+    [
+        "/etc/passwd",
+        "/opt/sctir/runner/__main__.py",
+        "/opt/sctir/runner/program.py",
+        "/opt/sctir/runner/x.py",
+        "/pwned",
+        "/usr/lib/python3/pwned.py",
+        "/root/x",
+    ],
 )
 async def test_cannot_write_outside_tmp(pool: DockerExecutor, target: str) -> None:
     result = await pool.execute(f"open({target!r}, 'a').write('pwned')")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox.program import block_program
+from sandbox.runner.program import block_program
 from service.answers import AnswerMode, extract_answer
 from service.settings import NUMINA_PROMPT_TEMPLATE
 from service.tir import OUTPUT_MARKER, TRUNCATION_SUFFIX, classify_step, last_code_block

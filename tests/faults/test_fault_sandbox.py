@@ -240,7 +240,7 @@ def zygotes(container) -> set[int]:
         processes = container.top()["Processes"] or []  # UID PID PPID C STIME TTY TIME CMD
     except docker.errors.APIError:  # the request ended and its container was removed: no zygote in it
         return set()
-    hubs = {pid for _, pid, _, *_, command in processes if "runner.py" in command and "--zygote" not in command}
+    hubs = {pid for _, pid, _, *_, command in processes if "/opt/sctir/runner" in command and "--zygote" not in command}
     return {int(pid) for _, pid, parent, *_, command in processes if "--zygote" in command and parent in hubs}
 
 

@@ -3,7 +3,7 @@
 This is the code preparation of the reference (the AIMO Progress Prize 1 winning
 notebook's `PythonREPL`), as we run it, as pure functions, plus the notebook-like
 `Session` of the `session` execution mode. The module is stdlib-only on
-purpose: the runner (sandbox/runner.py) imports it in every interpreter
+purpose: the runner (sandbox/runner/) imports it in every interpreter
 that executes model code, e.g. inside the sandbox image next to the runner,
 where there is nothing but python3 and the math packages.
 
