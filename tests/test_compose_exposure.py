@@ -15,7 +15,8 @@ import time
 import httpx
 import pytest
 
-from service.cli import CliError, check_exposure, is_loopback
+from service.cli.errors import CliError
+from service.cli.serve import check_exposure, is_loopback
 from service.exitcodes import ExitCode
 from service.settings import Settings
 from tests.support.servers import free_port

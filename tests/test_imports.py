@@ -44,3 +44,13 @@ def test_test_support_imports_only_product_code_and_itself() -> None:
 
 def test_bench_imports_only_test_support_from_tests() -> None:
     assert violations("bench", ("tests.support",), ("tests",)) == []
+
+
+# The server never loads training/ (nor its dependencies): the CLI's train and demo subcommands are the
+# one place that knows both.
+KNOWS_TRAINING = ("service/cli/train.py", "service/cli/demo.py")
+
+
+def test_service_imports_training_only_in_the_cli_train_and_demo_commands() -> None:
+    found = violations("service", (), ("training",))
+    assert [line for line in found if line.split(" imports ")[0] not in KNOWS_TRAINING] == []

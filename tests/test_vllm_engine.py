@@ -155,7 +155,7 @@ async def test_vllm_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 # one the way vLLM starts its engine core, which prints when it runs and sleeps.
 PARENT = r"""
 import multiprocessing, os, sys, time
-import service.cli  # what a spawned child re-imports first: sctir's hook for its children
+import service.cli.main  # what a spawned child re-imports first: sctir's hook for its children
 from service.engines.lifetime import adopt_children
 
 def child():

@@ -7,8 +7,8 @@ alive 48 s later), and a restarted service did not look for them. Linux's parent
 does: every child of sctir asks, as it starts, for SIGKILL when its parent dies, so the
 EngineCore dies with the service and the Worker with the EngineCore, however the parent ended.
 
-A spawned child asks when it re-imports sctir's main module (service.cli calls
-`die_with_parent_if_spawned()` at import), a forked one in an at-fork hook. Both compare their
+A spawned child asks when it re-imports sctir's main module (service.cli.main
+calls `die_with_parent_if_spawned()` at import), a forked one in an at-fork hook. Both compare their
 parent with the pid the parent published (SCTIR_PARENT_PID), so a parent that died before the
 request was made is noticed too. The signal follows the *thread* that started the child: the
 engine must be started from a thread that lives as long as the service (VllmEngine.start() runs

@@ -10,8 +10,10 @@ BINS = 10
 
 
 def write_png(path: Path, manifest: dict[str, Any], summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as error:  # an extra: the server and the JSON and Markdown reports do without it
+        raise ImportError("report.png needs matplotlib: pip install 'sctir[eval]' (or -e '.[eval]')") from error
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 

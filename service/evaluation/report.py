@@ -32,7 +32,7 @@ def write_report(store: RunStore, order: list[str] | None = None) -> dict[str, P
         write_png(store.directory / "report.png", manifest, summary, records)
         paths["png"] = store.directory / "report.png"
     except ImportError as error:  # the JSON and Markdown stand without it
-        log.warning("report.png not written: %s (pip install matplotlib)", error)
+        log.warning("report.png not written: %s", error)
     return paths
 
 
