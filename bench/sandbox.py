@@ -40,6 +40,7 @@ TRACES = "tora70b_gsm8k_traces.jsonl"
 BLOCK = re.compile(r"```python\n(.*?)```\n```output\n(.*?)```", re.S)
 SECTION_START = "<!-- bench/sandbox.py: start -->"
 SECTION_END = "<!-- bench/sandbox.py: end -->"
+POOL_NAME = "sctir-bench"  # the benchmark's sandbox containers carry it (sandbox.pool.LABEL_POOL)
 
 
 def data_dir() -> Path:
@@ -199,7 +200,7 @@ def make_pool(args: argparse.Namespace, confine: bool = True):
         concurrency=args.container_concurrency,
         timeout_s=args.timeout,
         limits=DockerLimits(cpus=args.cpus),
-        pool_name="sctir-bench",
+        pool_name=POOL_NAME,
         confine=confine,
     )
 
@@ -268,14 +269,117 @@ async def container_start_s(args: argparse.Namespace, times: int = 3) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
+@dataclass(frozen=True)
+class RunnerCosts:
+    """What an execution costs the container that runs it, and the size of the zygote it forks."""
+
+    blocks: int  # trivial blocks measured
+    cpu_ms: float  # the container's CPU time per block
+    zygote_mb: float | None  # the zygote's resident memory (None where its /proc is out of sight)
+    huge_share: float | None  # the share of its private memory on 2 MiB pages
+
+
+def _container_cpu_ns(container) -> int:
+    return container.stats(stream=False, one_shot=True)["cpu_stats"]["cpu_usage"]["total_usage"]
+
+
+def _zygote_memory(container) -> tuple[float, float] | None:
+    """(resident MB, share of private memory on huge pages) of the runner's zygote in `container`, from
+    /proc/PID/smaps_rollup on this host (None where the container's processes are not visible here)."""
+    processes = container.top()["Processes"] or []  # UID PID PPID C STIME TTY TIME CMD
+    hubs = {pid for _, pid, _, *_, command in processes if "--zygote" not in command}
+    zygotes = [pid for _, pid, parent, *_, command in processes if "--zygote" in command and parent in hubs]
+    if len(zygotes) != 1:
+        return None
+    try:
+        fields = {
+            name.rstrip(":"): int(value)
+            for name, value, *_ in (line.split() for line in Path(f"/proc/{zygotes[0]}/smaps_rollup").open())
+            if value.isdigit()
+        }
+    except OSError:
+        return None
+    if not fields.get("Anonymous"):
+        return None
+    return fields["Rss"] / 1024, fields.get("AnonHugePages", 0) / fields["Anonymous"]
+
+
+async def runner_costs(args: argparse.Namespace, blocks: int = 200) -> RunnerCosts:
+    """CPU per execution in a warm container, over `blocks` trivial blocks one after another.
+
+    The blocks run in the container leased to the (default) tenant; the pool's other, idle
+    container is told apart by its CPU time, which does not grow.
+    """
+    import docker
+
+    from sandbox.pool import LABEL_POOL
+
+    executor = make_pool(args)
+    executor.size = 1
+    try:
+        await executor.start()
+        for _ in range(20):  # the lease, then a few blocks past the first spares
+            await executor.execute("1")
+        await executor.warmed()
+        await asyncio.sleep(0.5)
+        client = docker.from_env()
+        ours = {"label": f"{LABEL_POOL}={POOL_NAME}"}
+        containers = await asyncio.to_thread(client.containers.list, filters=ours)
+        before = {c.id: await asyncio.to_thread(_container_cpu_ns, c) for c in containers}
+        for _ in range(blocks):
+            await executor.execute("1")
+        await asyncio.sleep(0.5)  # the last block's exit and the spares made after it
+        spent = {c.id: await asyncio.to_thread(_container_cpu_ns, c) - before[c.id] for c in containers}
+        busiest = max(containers, key=lambda c: spent[c.id])
+        memory = await asyncio.to_thread(_zygote_memory, busiest)
+    finally:
+        await executor.close()
+    return RunnerCosts(
+        blocks, spent[busiest.id] / blocks / 1e6, memory[0] if memory else None, memory[1] if memory else None
+    )
+
+
 # ---------------------------------------------------------------------------
+
+
+def pool_prose(args: argparse.Namespace, start_s: float, costs: RunnerCosts) -> str:
+    """What the pool's rows measured and how: every figure comes from this run or its arguments."""
+    waiting = args.concurrency - args.container_concurrency
+    in_flight = f" ({args.concurrency} in flight: {waiting} wait)" if waiting > 0 else ""
+    if costs.zygote_mb is not None:
+        huge = f"{costs.huge_share:.0%} of whose private memory is on 2 MiB pages"
+        zygote = f"the {costs.zygote_mb:.0f} MB zygote, {huge}"
+    else:
+        zygote = "the zygote"
+    return (
+        f"Pool: {args.container_concurrency} blocks at once in a request's own container ({args.pool_size} kept "
+        f"warm), {args.cpus:g} CPU each, network none, read-only root, all capabilities dropped, non-root, each "
+        f"execution in a Landlock domain of its own; a container starts (create to ready) in {start_s:.2f} s. "
+        "A request's blocks run in its own container (leased from the warm ones, destroyed when the request "
+        f"ends), so a single request has its container's {args.container_concurrency} blocks at once{in_flight}: "
+        "'a request per N blocks' starts a new request every N blocks on a container it has just leased, the last "
+        "one released and the pool let warm up again between two (untimed: a real request generates for seconds "
+        "between its blocks)"
+        + (
+            "; 'pool-unconfined' runs the runner without its per-execution Landlock file rules, the baseline of "
+            "what they cost per block"
+            if "pool-unconfined" in args.executors
+            else ""
+        )
+        + f". Every execution costs {costs.cpu_ms:.1f} ms of CPU in its "
+        f"container (measured over {costs.blocks} trivial blocks in one warm container: the fork of {zygote}, the "
+        "new process's set-up and confinement, ahead of demand, and its exit), so on "
+        f"{os.cpu_count()} cores the closed loop is CPU-bound: its p50 and p95 include waiting behind that work "
+        "(and behind whatever else runs on the machine); blocks that arrive with pauses see the paced row's latency."
+    )
 
 
 def _ratio(value: float) -> str:
     return f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"
 
 
-def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, pool_note: str) -> str:
+def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, pool_note: str | None) -> str:
+    """The section of BENCHMARKS.md; `pool_note`: what the pool's rows measured (pool_prose)."""
     lines = [
         SECTION_START,
         "## Code execution: sandbox pool vs the reference's executor (bench/sandbox.py)",
@@ -291,22 +395,14 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
         "| throughput vs reference | fidelity |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    notes = [
-        "",
-        '"ms apart": one block at a time with a pause between them, as blocks arrive from a model that '
-        "generates between executions (the executions/s of that row include the pauses). "
-        "Pool: " + pool_note + ". "
-        "A request's blocks run in its own container (leased from the warm ones, destroyed when the request "
-        "ends), so a single request has its container's 8 blocks at once (16 in flight: 8 wait): 'a request per "
-        "N blocks' starts a new request every N blocks on a container it has just leased, the last one released "
-        "and the pool let warm up again between two (untimed: a real request generates for seconds between its "
-        "blocks); 'pool-unconfined' runs the runner without its per-execution Landlock file rules, the baseline "
-        "of what they cost per block. Every execution costs ~4 ms of CPU in its container (the fork of the ~58 MB "
-        "zygote, about half of whose heap stays on 2 MiB pages, the new process's set-up and confinement, ahead "
-        "of demand, and its exit), so on 2 cores the closed loop is CPU-bound: its p50 and p95 include waiting "
-        "behind that work (and behind whatever else runs on the machine); blocks that arrive with pauses see "
-        "the paced row's latency.",
-    ]
+    notes = []
+    if any("apart" in row["executor"] for row in rows):
+        notes.append(
+            '"ms apart": one block at a time with a pause between them, as blocks arrive from a model that '
+            "generates between executions (the executions/s of that row include the pauses)."
+        )
+    if pool_note:
+        notes.append(pool_note)
     reference = {row["concurrency"]: row for row in rows if row["executor"] == "reference"}
     for row in rows:
         base = reference.get(row["concurrency"])
@@ -317,7 +413,8 @@ def markdown_table(rows: list[dict], command: str, blocks: int, machine: str, po
             f"| {row['executor']} | {row['concurrency']} | {row['p50_ms']:.1f} ms | {row['p95_ms']:.1f} ms "
             f"| {row['throughput']:.1f} | {p50_ratio} | {tput_ratio} | {row['fidelity']:.1%} |"
         )
-    lines += notes
+    if notes:
+        lines += ["", " ".join(notes)]
     lines.append(SECTION_END)
     return "\n".join(lines)
 
@@ -395,13 +492,9 @@ async def main(args: argparse.Namespace) -> int:
     console.print(table)
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     command = "python -m bench.sandbox " + " ".join(sys.argv[1:])
-    pool_note = (
-        f"{args.container_concurrency} blocks at once in a request's own container ({args.pool_size} kept warm), "
-        f"{args.cpus:g} CPU each, network none, read-only root, all capabilities dropped, non-root, each "
-        "execution in a Landlock domain of its own"
-    )
+    pool_note = None
     if "pool" in executors:
-        pool_note += f"; a container starts (create to ready) in {await container_start_s(args):.2f} s"
+        pool_note = pool_prose(args, await container_start_s(args), await runner_costs(args))
     text = markdown_table(rows, command.strip(), len(blocks), machine, pool_note)
     if args.write:
         write_section(text)
