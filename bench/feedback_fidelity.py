@@ -10,7 +10,7 @@ newline after the fence), runs through
   of the winning notebook's PythonREPL (textual print-wrap of the last line,
   a fresh `python tmp.py`, its traceback munging), capped by its process_code
   (200 characters + " ... (output truncated)");
-- ours: sandbox.local.LocalExecutor (the runner of the Docker sandbox, as a
+- ours: sandbox.executors.LocalExecutor (the runner of the Docker sandbox, as a
   local process), the service's defaults (timeout, output cap), the text the
   service writes: service.tir.output_block(result.feedback).
 
@@ -216,7 +216,7 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
         "the notebook extracts the block it runs, through (a) bench/reference_executor.py, our reimplementation "
         "of the winning notebook's PythonREPL from its code (textual print-wrap of the last line, a fresh "
         f"`python tmp.py`, its traceback munging, a {REFERENCE_TIMEOUT_S} s timeout, its 200-character cap) and "
-        "(b) sandbox.local.LocalExecutor, the runner of the Docker sandbox, with the service's defaults "
+        "(b) sandbox.executors.LocalExecutor, the runner of the Docker sandbox, with the service's defaults "
         f"({timeout_s:g} s), as service.tir.output_block writes it. Same interpreter and packages for both. "
         f"Machine: {machine}; {seconds:.0f} s.",
         "",
@@ -271,7 +271,7 @@ async def main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from sandbox.local import LocalExecutor
+    from sandbox.executors import LocalExecutor
 
     console = Console()
     root = data_dir()

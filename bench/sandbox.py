@@ -10,7 +10,7 @@ run, on the same blocks and machine, for each executor:
 - output fidelity: the share of blocks whose output matches the output block the
   trace recorded (whitespace-normalised; see `outcome_matches`).
 
-Executors: `pool` (sandbox.pool.DockerExecutor: warm hardened containers with the
+Executors: `pool` (sandbox.executors.DockerExecutor: warm hardened containers with the
 forking runner), `reference` (bench.reference_executor: the winning notebook's REPL, a fresh
 `python3 tmp.py` per block), and `llm-sandbox` (the peer Docker sandbox library
 on PyPI, on the same image, when it is installed). Prints a table and, with
@@ -192,7 +192,8 @@ Mode = tuple[str, int, float, Execute, Callable[[int], Awaitable[None]] | None]
 
 
 def make_pool(args: argparse.Namespace, confine: bool = True):
-    from sandbox.pool import DockerExecutor, DockerLimits
+    from sandbox.backends import DockerLimits
+    from sandbox.executors import DockerExecutor
 
     return DockerExecutor(
         image=args.image,

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.reference_schedule import solve_with_step_barrier
-from sandbox.pool import DockerExecutor
+from sandbox.executors import DockerExecutor
 from service.answers import AnswerMode
 from service.engines.base import StepRequest, StepResult
 from service.engines.vllm_local import VllmEngine

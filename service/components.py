@@ -6,7 +6,7 @@ import logging
 import os
 
 from sandbox.executor import Executor
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.engines.base import Engine
 from service.engines.remote import RemoteEngine
 from service.machine import choose
@@ -55,7 +55,8 @@ def make_engine(settings: Settings) -> Engine:
 def make_executor(settings: Settings) -> Executor:
     match settings.executor:
         case ExecutorKind.DOCKER:
-            from sandbox.pool import DockerExecutor, DockerLimits
+            from sandbox.backends import DockerLimits
+            from sandbox.executors import DockerExecutor
 
             log.info(
                 "code execution: %d sandbox container(s) of %s, %d blocks each at once (runtime %s)",

@@ -67,7 +67,7 @@ class Metrics:
             self.tokens.labels(kind)
 
     def track_sandbox(self, stats: Callable[[], dict]) -> None:
-        """Export the sandbox pool's own counters (sandbox.pool.DockerExecutor.stats) at each scrape."""
+        """Export the sandbox pool's own counters (sandbox.executors.DockerExecutor.stats) at each scrape."""
         self.registry.register(_SandboxCollector(stats))
 
     def track_queue(self, in_flight: Callable[[], int], queued: Callable[[], int]) -> None:

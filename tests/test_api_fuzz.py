@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.engines.vllm_local import VllmEngine
 from service.settings import Settings

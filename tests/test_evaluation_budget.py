@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.evaluation.backends import InProcessBackend
 from service.evaluation.budget import BudgetPolicy
 from service.evaluation.datasets import load_file

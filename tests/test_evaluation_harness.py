@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.evaluation.backends import InProcessBackend
 from service.evaluation.command import add_arguments, run

@@ -11,7 +11,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine

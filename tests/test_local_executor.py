@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.executor import ExecutionStatus, Executor, ExecutorError
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from sandbox.runner.program import PREAMBLE, block_program, trim_traceback, with_auto_print
 
 CAP = 64 * 1024

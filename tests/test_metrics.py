@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine

@@ -27,8 +27,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from sandbox.backends.owners import LABEL_POOL
 from sandbox.executor import ExecutionStatus, ExecutorError
-from sandbox.pool import KEEPALIVE_S, LABEL_POOL, DockerExecutor
+from sandbox.executors import DockerExecutor
+from sandbox.slots import KEEPALIVE_S
 from tests.support.servers import free_port
 from tests.test_sandbox_docker import IMAGE, LIMITS, require_docker, unavailable
 

@@ -21,8 +21,10 @@ import uuid
 import pytest
 import pytest_asyncio
 
+from sandbox.backends import DockerLimits, SandboxUnavailable
+from sandbox.backends.owners import LABEL_POOL
 from sandbox.executor import ExecutionResult, ExecutionStatus, Executor, ExecutorError
-from sandbox.pool import LABEL_POOL, DockerExecutor, DockerLimits, SandboxUnavailable
+from sandbox.executors import DockerExecutor
 
 IMAGE = os.environ.get("SCTIR_DOCKER_IMAGE", "sctir-sandbox:latest")
 HOST_SECRET = f"sctir-host-secret-{uuid.uuid4().hex}"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.backends import DockerLimits, SandboxUnavailable
 from sandbox.executor import Executor, ExecutorError
-from sandbox.local import LocalExecutor
-from sandbox.pool import DockerExecutor, DockerLimits, SandboxUnavailable
+from sandbox.executors import DockerExecutor, LocalExecutor
 from service.solver import CandidateStatus, ExecutionMode, Solver
 from tests.support.doubles import ScriptedEngine, parse_request_id
 from tests.test_sandbox_docker import unavailable
@@ -87,7 +87,7 @@ def test_a_user_the_engine_refuses_is_told_to_join_the_docker_group() -> None:
         pytest.skip("the engine's socket is open to every user")
     probe = "\n".join(
         [
-            "from sandbox.pool import DockerBackend",
+            "from sandbox.backends import DockerBackend",
             "try:",
             "    DockerBackend()._client()",
             "except Exception as e:",

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sandbox.backends import LocalBackend
 from sandbox.executor import ExecutionStatus
-from sandbox.local import LocalExecutor
-from sandbox.pool import FRESH_S, DockerExecutor, LocalBackend, SandboxPool
+from sandbox.executors import DockerExecutor, LocalExecutor
+from sandbox.pool import SandboxPool
+from sandbox.slots import FRESH_S
 from service.logs import RequestIdFilter, request_id_var
 from service.solver import Candidate, CandidateStatus, Solver
 from tests.support.doubles import ScriptedEngine

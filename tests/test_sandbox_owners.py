@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.backends.owners import CREATED_GRACE_S, Owner, is_leftover
 from sandbox.executor import ExecutionStatus
-from sandbox.pool import CREATED_GRACE_S, DockerExecutor, Owner, is_leftover
+from sandbox.executors import DockerExecutor
 from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, make_pool, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # stdin as the same tenant and answers with the result. EOF: it closes its pool and exits.
 OWNER = """
 import asyncio, json, sys
-from sandbox.pool import DockerExecutor, DockerLimits
+from sandbox.backends import DockerLimits
+from sandbox.executors import DockerExecutor
 
 async def main() -> None:
     image, pool_name, limits = sys.argv[1], sys.argv[2], DockerLimits(**json.loads(sys.argv[3]))

@@ -48,7 +48,7 @@ import pytest
 import pytest_asyncio
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
-from sandbox.pool import DockerExecutor
+from sandbox.executors import DockerExecutor
 from tests.test_sandbox_docker import (
     GVISOR_LIMITS,
     IMAGE,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench.reference_schedule import solve_with_step_barrier
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.answers import AnswerMode
 from service.engines.base import EngineError
 from service.solver import (

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sandbox.pool import DockerExecutor, DockerLimits
+from sandbox.backends import DockerLimits
+from sandbox.executors import DockerExecutor
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine

@@ -229,7 +229,7 @@ def test_transformers_engine_serves_the_demo_model_through_the_solver(demo_model
     """training.hf_engine through the real solver and the local executor: code, output, answer."""
     import asyncio
 
-    from sandbox.local import LocalExecutor
+    from sandbox.executors import LocalExecutor
     from service.engines.base import Engine
     from service.solver import CandidateStatus
     from training.evaluate import make_engine, solve_all, solve_config

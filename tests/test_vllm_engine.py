@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from sandbox.local import LocalExecutor
+from sandbox.executors import LocalExecutor
 from service.answers import AnswerMode
 from service.components import make_engine
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest

@@ -50,7 +50,7 @@ class SamplingSummary:
 
 async def sample_completions(recipe: dict[str, Any], *, progress: bool = True) -> tuple[list[dict], SamplingSummary]:
     """KTO rows ({prompt, completion, label, answer, reference, status}) sampled through the solver."""
-    from sandbox.local import LocalExecutor
+    from sandbox.executors import LocalExecutor
     from service.solver import Solver
 
     sampling = recipe.get("sampling") or {}

@@ -141,7 +141,7 @@ def containers_of(pool_name: str) -> list[str]:
     """Ids of the sandbox containers (any state) labelled with `pool_name`."""
     import docker
 
-    from sandbox.pool import LABEL_POOL
+    from sandbox.backends.owners import LABEL_POOL
 
     client = docker.from_env()
     try:

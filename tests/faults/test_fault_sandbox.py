@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox.pool import LABEL_POOL
+from sandbox.backends.owners import LABEL_POOL
 from tests.faults.harness import Service, demo_service_env, running_service, wait_until
 from tests.support.fault_report import record
 from tests.support.tiny_model import require_vllm
