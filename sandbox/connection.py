@@ -1,6 +1,6 @@
 """The host's connection to one runner (sandbox/runner/): framed JSON requests and replies over its stdin/stdout.
 
-Every frame is a 4-byte big-endian length and a JSON object (the runner's own format). A reply
+The frames are the runner's own (sandbox/runner/wire.py, imported from there). A reply
 carries the id of its request; a runner also speaks unasked: `hello` once it is up, `unhealthy`
 when it finds itself damaged. The connection's tasks run in a context of their own (see
 `background`).
@@ -12,29 +12,18 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
-import json
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from sandbox.runner.wire import FrameTooLarge, decode, encode, take_frame
 
-HEADER = struct.Struct(">I")
+log = logging.getLogger(__name__)
 
 
 class RunnerLost(ConnectionError):
     """The connection to a runner ended (the process or container died)."""
-
-
-def encode(message: dict) -> bytes:
-    data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-    return HEADER.pack(len(data)) + data
-
-
-def decode(data: bytes) -> dict:
-    return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
 def background(coroutine, name: str | None = None) -> asyncio.Task:
@@ -126,15 +115,11 @@ class RunnerConnection:
                     if not chunk:
                         break
                     buffer += chunk
-                while len(buffer) >= HEADER.size:
-                    (size,) = HEADER.unpack_from(buffer)
-                    if size > self.max_frame:
-                        raise RunnerLost(f"a reply of {size} bytes (the limit is {self.max_frame})")
-                    if len(buffer) < HEADER.size + size:
-                        break
-                    body = bytes(buffer[HEADER.size : HEADER.size + size])
-                    del buffer[: HEADER.size + size]
-                    self._on_message(decode(body))
+                try:
+                    while (body := take_frame(buffer, self.max_frame)) is not None:
+                        self._on_message(decode(body))
+                except FrameTooLarge as error:
+                    raise RunnerLost(f"{error} (the limit is {self.max_frame})") from None
         except asyncio.IncompleteReadError:
             pass
         except asyncio.CancelledError:

@@ -46,9 +46,9 @@ import time
 from sandbox.backends import Backend, SandboxUnavailable, Slot
 from sandbox.connection import RunnerLost
 from sandbox.executor import ExecutionResult, ExecutionStatus, ExecutorError
+from sandbox.runner.wire import RESET_NOTE
 from sandbox.slots import FRESH_S, KEEPALIVE_S, WarmSlots
 
-RESET_NOTE = "The session state was reset."
 LATE_S = 1.0  # a block's result this long past its timeout is late: its runner is pinged
 
 
