@@ -40,7 +40,7 @@ TRACES = "tora70b_gsm8k_traces.jsonl"
 BLOCK = re.compile(r"```python\n(.*?)```\n```output\n(.*?)```", re.S)
 SECTION_START = "<!-- bench/sandbox.py: start -->"
 SECTION_END = "<!-- bench/sandbox.py: end -->"
-POOL_NAME = "sctir-bench"  # the benchmark's sandbox containers carry it (sandbox.pool.LABEL_POOL)
+POOL_NAME = "sctir-bench"  # the benchmark's sandbox containers carry it (sandbox.backends.owners.LABEL_POOL)
 
 
 def data_dir() -> Path:
@@ -313,7 +313,7 @@ async def runner_costs(args: argparse.Namespace, blocks: int = 200) -> RunnerCos
     """
     import docker
 
-    from sandbox.pool import LABEL_POOL
+    from sandbox.backends.owners import LABEL_POOL
 
     executor = make_pool(args)
     executor.size = 1
