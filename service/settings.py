@@ -18,8 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.answers import AnswerMode
 from service.engines.base import DEFAULT_STALL_S
 from service.solver import ExecutionMode, Profile
-
-NUMINA_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
+from service.tir import NUMINA_PROMPT_TEMPLATE
 
 
 class EngineKind(StrEnum):

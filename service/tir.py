@@ -1,7 +1,10 @@
-"""The TIR text protocol of NuminaMath-7B-TIR (ToRA format) and the reference's step rules.
+"""The TIR text protocol of NuminaMath-7B-TIR (ToRA format): its prompt format and the reference's step rules.
 
-A candidate's completion alternates prose, ```python blocks and ```output
-blocks. A generation step stops when the model opens an output block (the
+The prompt is NuminaMath's chat format, defined here once for every engine, for training
+(which must format its texts exactly as the service prompts) and for the tests.
+
+A candidate's completion alternates prose, ```python blocks and ```output blocks. A
+generation step stops when the model opens an output block (the
 stop string is kept in the text); the service then runs the last Python
 block and writes the output block itself, so the model never sees an output
 it did not earn. As in the reference (the winners' notebook), the service
@@ -13,12 +16,41 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
+
+# NuminaMath-7B-TIR's chat format (its tokenizer_config.json): a user turn is "### Problem: {content}\n",
+# an assistant turn "### Solution: {content}\n", the generation prompt "### Solution: ".
+PROBLEM_PREFIX = "### Problem: "
+SOLUTION_PREFIX = "### Solution: "
+# The prompt of one problem (SCTIR_PROMPT_TEMPLATE's default): the chat template applied to one user message.
+NUMINA_PROMPT_TEMPLATE = PROBLEM_PREFIX + "{problem}\n" + SOLUTION_PREFIX
+NUMINA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '### Solution: ' + message['content'] + '\\n' }}"
+    "{% endif %}"
+    "{% if loop.last and message['role'] == 'user' and add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
+    "{% endfor %}"
+)
 
 OUTPUT_MARKER = "```output\n"
 CODE_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)
 TAIL_CHARS = 100
 OUTPUT_LIMIT_CHARS = 200
 TRUNCATION_SUFFIX = " ... (output truncated)"
+
+
+def format_prompt(problem: str, tokenizer: Any = None, *, template: str = NUMINA_PROMPT_TEMPLATE) -> str:
+    """The prompt of `problem`: the tokenizer's chat template applied to one user message when it has one.
+
+    Without one (no tokenizer, e.g. a remote engine, or a tokenizer without a template) `template`
+    with {problem} replaced by str.replace, so that braces in the problem are kept as they are.
+    """
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+        )
+    return template.replace("{problem}", problem)
 
 
 class StepOutcome(StrEnum):

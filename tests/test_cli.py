@@ -24,11 +24,12 @@ import httpx
 import pytest
 
 from service.exitcodes import ExitCode
+from service.tir import format_prompt
 from tests.support.openai_stub import MODEL, FakeServer, completion, make_app
 from tests.support.servers import free_port, serve_in_thread, wait_until_up
 
 PROBLEM = "What is 6 times 7?"
-PROMPT = f"### Problem: {PROBLEM}\n### Solution: "
+PROMPT = format_prompt(PROBLEM)
 CODE = "We compute.\n```python\n6 * 7\n```\n"
 STOP = "```output\n"
 ANSWER = "Hence the answer is $\\boxed{42}$."
@@ -44,7 +45,7 @@ def model_server() -> Iterator[FakeServer]:
     state = FakeServer()
     state.script(PROMPT, completion(CODE, stop_reason=STOP, usage={"prompt_tokens": 9, "completion_tokens": 12}))
     state.script(PROMPT + CODE + STOP + "42\n```", completion("\n" + ANSWER, stop_reason=None))
-    state.script(f"### Problem: {NO_ANSWER_PROBLEM}\n### Solution: ", completion(NO_ANSWER, stop_reason=None))
+    state.script(format_prompt(NO_ANSWER_PROBLEM), completion(NO_ANSWER, stop_reason=None))
     with serve_in_thread(make_app(state), "/v1/models", lifespan="off") as base:
         state.url = f"{base}/v1"
         yield state

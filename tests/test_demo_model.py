@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import format_prompt
+from service.tir import format_prompt
 from training.demo import BUILD_RECORD, BUILD_VERSION, build_signature
 from training.synthetic import FAMILIES
 

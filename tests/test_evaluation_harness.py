@@ -33,7 +33,7 @@ from service.evaluation.store import RunMismatch, RunStore
 from service.exitcodes import ExitCode
 from service.settings import Settings
 from service.solver import derive_seed
-from service.tir import OUTPUT_MARKER
+from service.tir import OUTPUT_MARKER, PROBLEM_PREFIX
 from tests.support.doubles import ScriptedEngine
 from tests.support.servers import serve_in_thread
 
@@ -48,7 +48,7 @@ def arithmetic(delay: float = 0.0, delays: dict[str, float] | None = None):
     """Script: step 0 writes code printing the problem's expression; then boxes what it printed."""
 
     def script(candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        problem = prompt.split("### Problem: ", 1)[1].split("\n", 1)[0]
+        problem = prompt.split(PROBLEM_PREFIX, 1)[1].split("\n", 1)[0]
         wait = next((d for key, d in (delays or {}).items() if key in problem), delay)
         if OUTPUT_MARKER not in prompt:
             expression = re.search(r"Compute (.+?)\.", problem)[1]

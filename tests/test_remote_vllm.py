@@ -23,12 +23,13 @@ import pytest
 
 from service.engines.base import ContextExhausted, SamplingParams, StepRequest
 from service.engines.remote import RemoteEngine
+from service.tir import format_prompt
 from tests.support.servers import free_port
 from tests.support.tiny_model import TINY_KV_CACHE_BYTES, TINY_MAX_MODEL_LEN, VLLM_CPU_ENV
 
 MODEL = "tiny-sctir"
 START_TIMEOUT_S = 180.0
-PROMPT = "### Problem: What is 2 + 2?\n### Solution: "
+PROMPT = format_prompt("What is 2 + 2?")
 
 
 @dataclass

@@ -20,15 +20,20 @@ import yaml
 
 from sandbox.runner.program import block_program
 from service.answers import AnswerMode, extract_answer
-from service.settings import NUMINA_PROMPT_TEMPLATE
-from service.tir import OUTPUT_MARKER, TRUNCATION_SUFFIX, classify_step, last_code_block
-from training.data import (
+from service.tir import (
     NUMINA_CHAT_TEMPLATE,
+    NUMINA_PROMPT_TEMPLATE,
+    OUTPUT_MARKER,
+    TRUNCATION_SUFFIX,
+    classify_step,
+    format_prompt,
+    last_code_block,
+)
+from training.data import (
     DataSpec,
     DataUnavailable,
     data_dir,
     format_example,
-    format_prompt,
     format_tir_solution,
     load_records,
     load_splits,

@@ -1,7 +1,7 @@
-"""Training data: hub datasets by name or local files, the served chat template, ToRA-style TIR text.
+"""Training data: hub datasets by name or local files, ToRA-style TIR text in the served prompt format.
 
 Every stage formats text exactly as the service prompts the model at serving time:
-``NUMINA_PROMPT_TEMPLATE`` ("### Problem: {problem}\\n### Solution: ") followed by the
+``service.tir.format_prompt`` ("### Problem: {problem}\\n### Solution: ") followed by the
 solution. TIR solutions are in the ToRA format the service speaks (``service.tir``): prose,
 ```python blocks, and ```output blocks whose contents are cut exactly as the service cuts
 an execution's output, so that training and serving agree on what an output block looks like.
@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.answers import extract_answer
-from service.settings import NUMINA_PROMPT_TEMPLATE
-from service.tir import OUTPUT_LIMIT_CHARS, OUTPUT_MARKER, output_block
+from service.tir import OUTPUT_LIMIT_CHARS, OUTPUT_MARKER, format_prompt, output_block
 from training.synthetic import heldout_problems, solution_text, training_problems
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,21 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 SYNTHETIC = "synthetic-arithmetic"
-
-PROBLEM_PREFIX = "### Problem: "
-SOLUTION_PREFIX = "### Solution: "
-
-# NuminaMath-7B-TIR's chat template (its tokenizer_config.json): a user turn is
-# "### Problem: {content}\n", an assistant turn "### Solution: {content}\n", the generation
-# prompt "### Solution: ". Applied to one user message it renders NUMINA_PROMPT_TEMPLATE.
-NUMINA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '### Problem: ' + message['content'] + '\\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '### Solution: ' + message['content'] + '\\n' }}"
-    "{% endif %}"
-    "{% if loop.last and message['role'] == 'user' and add_generation_prompt %}{{ '### Solution: ' }}{% endif %}"
-    "{% endfor %}"
-)
 
 _OUTPUT_BLOCK = re.compile(r"```output\n(.*?)\n?```", re.DOTALL)
 
@@ -72,15 +56,10 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.expanduser(os.path.expandvars(text)))
 
 
-def format_prompt(problem: str) -> str:
-    """The prompt the service sends for `problem` (service.settings.NUMINA_PROMPT_TEMPLATE)."""
-    return NUMINA_PROMPT_TEMPLATE.replace("{problem}", problem)
-
-
 def format_example(problem: str, solution: str) -> str:
     """One training text: the served prompt, the solution, and the template's closing newline.
 
-    Equals NUMINA_CHAT_TEMPLATE applied to [user, assistant]; the trainer appends EOS.
+    Equals service.tir.NUMINA_CHAT_TEMPLATE applied to [user, assistant]; the trainer appends EOS.
     """
     return f"{format_prompt(problem)}{solution}\n"
 

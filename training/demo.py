@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from service.tir import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
 from training import demo_training, scratch, synthetic
-from training.data import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX, format_example
+from training.data import format_example
 from training.demo_training import DemoConfig, scored_spans, take, train
 from training.scratch import build_tokenizer, random_qwen2, save_tokenizer
 from training.synthetic import heldout_problems, solution_text, training_problems

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.engines.base import EngineError, StepRequest, StepResult
-from service.settings import NUMINA_PROMPT_TEMPLATE
+from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,7 @@ class TransformersEngine:
     # -- the Engine protocol -------------------------------------------------------------------
 
     def format_prompt(self, problem: str) -> str:
-        tokenizer = self._tokenizer
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
-            )
-        return self._prompt_template.replace("{problem}", problem)
+        return format_prompt(problem, self._tokenizer, template=self._prompt_template)
 
     async def complete(self, request: StepRequest) -> StepResult:
         if self._model is None or self._wakeup is None:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from training.data import NUMINA_CHAT_TEMPLATE
+from service.tir import NUMINA_CHAT_TEMPLATE
 from training.scratch import ModelShape, build_tokenizer, random_qwen2
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.data import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
+from service.tir import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer

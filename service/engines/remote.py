@@ -29,8 +29,7 @@ from service.engines.base import (
 )
 from service.engines.inflight import InFlight
 from service.engines.progress import Progress
-
-DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
+from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
 
 # An unreachable host should fail fast; reads may legitimately take minutes.
 _CONNECT_TIMEOUT_S = 10.0
@@ -55,7 +54,7 @@ class RemoteEngine:
         base_url: str,
         model: str,
         api_key: str | None = None,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str = NUMINA_PROMPT_TEMPLATE,
         timeout_s: float = 600.0,
         max_connections: int = 256,
         stall_s: float = DEFAULT_STALL_S,
@@ -112,8 +111,8 @@ class RemoteEngine:
             return False
 
     def format_prompt(self, problem: str) -> str:
-        """Fill the template with str.replace, so braces in the problem are kept as-is."""
-        return self._prompt_template.replace("{problem}", problem)
+        """The configured template filled in: the server's tokenizer is out of reach."""
+        return format_prompt(problem, template=self._prompt_template)
 
     async def complete(self, request: StepRequest) -> StepResult:
         """Generate one step; abort(request.request_id) makes it return finish_reason "abort".

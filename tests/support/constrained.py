@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.engines.base import StepRequest
-from service.engines.vllm_local import DEFAULT_PROMPT_TEMPLATE, VllmEngine, VllmOptions
-from service.tir import OUTPUT_MARKER
+from service.engines.vllm_local import VllmEngine, VllmOptions
+from service.tir import NUMINA_PROMPT_TEMPLATE, OUTPUT_MARKER
 
 if TYPE_CHECKING:  # pragma: no cover
     from vllm import SamplingParams as VllmSamplingParams
@@ -58,7 +58,7 @@ class ConstrainedVllmEngine(VllmEngine):
     """VllmEngine whose steps follow `regex_for(prompt)` (None: unconstrained); needs vLLM."""
 
     def __init__(
-        self, options: VllmOptions, *, regex_for: RegexFor, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+        self, options: VllmOptions, *, regex_for: RegexFor, prompt_template: str = NUMINA_PROMPT_TEMPLATE
     ) -> None:
         super().__init__(options, prompt_template=prompt_template)
         self.regex_for = regex_for  # public: a test may swap it between requests

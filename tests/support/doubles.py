@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.engines.base import EngineError, StepRequest, StepResult
+from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
 
 # script(candidate, step, prompt) -> (text, seconds to take); raise EngineError to fail a step
 Script = Callable[[int, int, str], tuple[str, float]]
@@ -24,7 +25,7 @@ def parse_request_id(request_id: str) -> tuple[str, int, int]:
 @dataclass
 class ScriptedEngine:
     script: Script
-    template: str = "### Problem: {problem}\n### Solution: "
+    template: str = NUMINA_PROMPT_TEMPLATE
     requests: list[StepRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
@@ -38,7 +39,7 @@ class ScriptedEngine:
         return self.is_ready
 
     def format_prompt(self, problem: str) -> str:
-        return self.template.replace("{problem}", problem)
+        return format_prompt(problem, template=self.template)
 
     async def complete(self, request: StepRequest) -> StepResult:
         self.requests.append(request)

@@ -23,15 +23,13 @@ import random
 from pathlib import Path
 
 from service.engines.vllm_local import VllmOptions
+from service.tir import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
 from tests.support.constrained import PROSE, ConstrainedVllmEngine
-from training.data import NUMINA_CHAT_TEMPLATE
 from training.scratch import ModelShape, random_qwen2, train_bpe
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
 
-PROBLEM_TOKEN = "### Problem: "
-SOLUTION_TOKEN = "### Solution: "
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜pad｜>"
 
 _WORDS = (
@@ -58,8 +56,8 @@ def _synthetic_tir_text(rng: random.Random, count: int) -> list[str]:
             ]
         )
         texts.append(
-            f"{PROBLEM_TOKEN}{words} ${a}^{{{b}}} + {c}$?\n"
-            f"{SOLUTION_TOKEN}{words}\n\n```python\n{code}\n```\n```output\n{c}\n```\n"
+            f"{PROBLEM_PREFIX}{words} ${a}^{{{b}}} + {c}$?\n"
+            f"{SOLUTION_PREFIX}{words}\n\n```python\n{code}\n```\n```output\n{c}\n```\n"
             f"The answer is $\\boxed{{{c % 1000}}}$. {a} {b} {c} 0123456789\n"
         )
     return texts
@@ -85,7 +83,7 @@ def build_tokenizer(path: Path, *, vocab_size: int = 1024, seed: int = 0):
         clean_up_tokenization_spaces=False,
     )
     # Ordinary (not special) added tokens: they stay in decoded text, like NuminaMath's markers.
-    fast.add_tokens([PROBLEM_TOKEN, SOLUTION_TOKEN])
+    fast.add_tokens([PROBLEM_PREFIX, SOLUTION_PREFIX])
     fast.chat_template = NUMINA_CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast
