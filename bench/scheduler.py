@@ -42,7 +42,7 @@ from sandbox.executors import DockerExecutor
 from service.answers import AnswerMode
 from service.engines.base import StepRequest, StepResult
 from service.engines.vllm_local import VllmEngine
-from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult
+from service.solver import SolveConfig, Solver, SolveResult
 from tests.support.constrained import ConstrainedVllmEngine, varying_tir_regex
 from tests.support.tiny_model import BUILD_VERSION, VLLM_CPU_ENV, build_tiny_model, tiny_vllm_options
 from training.synthetic import heldout_problems
@@ -210,11 +210,8 @@ def _config(args: argparse.Namespace, seed: int) -> SolveConfig:
     return SolveConfig(
         num_samples=args.num_samples,
         max_steps=args.max_steps,
-        temperature=0.8,
-        top_p=1.0,
         max_new_tokens=1024,
         answer_mode=AnswerMode.INTEGER,
-        execution_mode=ExecutionMode.LAST_BLOCK,
         deadline_s=3600,
         seed=seed,
         early_stop=False,  # the same work for both schedules

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox.executor import Executor
 from sandbox.executors import LocalExecutor
@@ -12,7 +14,40 @@ from service.engines.remote import RemoteEngine
 from service.machine import choose
 from service.settings import EngineKind, ExecutorKind, Settings
 
+if TYPE_CHECKING:  # pragma: no cover
+    from sandbox.backends import DockerLimits
+    from service.engines.vllm_local import VllmOptions
+
 log = logging.getLogger(__name__)
+
+Options = TypeVar("Options")
+
+
+def from_settings(settings: Settings, options: type[Options], prefix: str = "", **renamed: str) -> Options:
+    """The dataclass `options` with each field the setting named `prefix` + its name (or as `renamed` says).
+
+    Fields that no setting names keep their defaults, so a new option is configurable by adding the setting.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(options):
+        setting = renamed.get(field.name, prefix + field.name)
+        if setting in Settings.model_fields:
+            values[field.name] = getattr(settings, setting)
+    return options(**values)
+
+
+def vllm_options(settings: Settings) -> VllmOptions:
+    """The in-process engine's options: the settings of the same names, and engine_seed as its seed."""
+    from service.engines.vllm_local import VllmOptions
+
+    return from_settings(settings, VllmOptions, seed="engine_seed")
+
+
+def docker_limits(settings: Settings) -> DockerLimits:
+    """The sandbox containers' limits: the sandbox_ settings (sandbox_memory, sandbox_pids_limit, ...)."""
+    from sandbox.backends import DockerLimits
+
+    return from_settings(settings, DockerLimits, "sandbox_", pids="sandbox_pids_limit")
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -31,31 +66,16 @@ def make_engine(settings: Settings) -> Engine:
             )
         case EngineKind.VLLM:
             # Imported here: vLLM is an optional dependency (the module itself imports it in start()).
-            from service.engines.vllm_local import VllmEngine, VllmOptions
+            from service.engines.vllm_local import VllmEngine
 
-            options = VllmOptions(
-                model=settings.model,
-                revision=settings.revision,
-                quantization=settings.quantization,
-                dtype=settings.dtype,
-                tensor_parallel_size=settings.tensor_parallel_size,
-                gpu_memory_utilization=settings.gpu_memory_utilization,
-                max_model_len=settings.max_model_len,
-                enable_prefix_caching=settings.enable_prefix_caching,
-                enforce_eager=settings.enforce_eager,
-                seed=settings.engine_seed,
-                kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
-                max_num_seqs=settings.max_num_seqs,
-                enable_chunked_prefill=settings.enable_chunked_prefill,
-                attention_backend=settings.attention_backend,
+            return VllmEngine(
+                vllm_options(settings), prompt_template=settings.prompt_template, stall_s=settings.engine_stall_s
             )
-            return VllmEngine(options, prompt_template=settings.prompt_template, stall_s=settings.engine_stall_s)
 
 
 def make_executor(settings: Settings) -> Executor:
     match settings.executor:
         case ExecutorKind.DOCKER:
-            from sandbox.backends import DockerLimits
             from sandbox.executors import DockerExecutor
 
             log.info(
@@ -71,13 +91,7 @@ def make_executor(settings: Settings) -> Executor:
                 concurrency=settings.sandbox_container_concurrency,
                 timeout_s=settings.execution_timeout_s,
                 max_output_bytes=settings.execution_max_output_bytes,
-                limits=DockerLimits(
-                    memory=settings.sandbox_memory,
-                    pids=settings.sandbox_pids_limit,
-                    cpus=settings.sandbox_cpus,
-                    tmpfs_size=settings.sandbox_tmpfs_size,
-                    runtime=settings.sandbox_runtime,
-                ),
+                limits=docker_limits(settings),
                 pool_name=settings.sandbox_pool_name,
                 environment={k: os.environ[k] for k in settings.sandbox_env_passthrough if k in os.environ},
                 start_timeout_s=settings.sandbox_start_timeout_s,

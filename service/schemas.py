@@ -10,15 +10,17 @@ from service.answers import AnswerMode
 from service.settings import Settings
 from service.solver import (
     CandidateStatus,
-    ExecutionMode,
-    Profile,
+    DeadlineSeconds,
+    MaxNewTokens,
+    MaxSteps,
+    NumSamples,
+    Seed,
     SolveConfig,
     SolveResult,
-    random_seed,
+    Temperature,
 )
 
 MAX_PROBLEM_BYTES = 32 * 1024
-MAX_DEADLINE_S = 86400.0
 # some non-whitespace character, by both ECMA's \s (the schema's clients) and str.isspace (Python's)
 NON_BLANK = r"[^\s\x1c-\x1f\x85]"
 
@@ -34,23 +36,21 @@ class SolveRequest(BaseModel):
         pattern=NON_BLANK,
         description="The problem statement (LaTeX welcome), at most 32 KiB of UTF-8.",
     )
-    num_samples: int | None = Field(None, ge=1, le=256, description="Candidates (N).")
-    max_steps: int | None = Field(None, ge=1, le=16, description="Generation steps per candidate (M).")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
-    max_new_tokens: int | None = Field(None, ge=1, le=32768, description="Token budget of one step.")
+    num_samples: NumSamples | None = Field(None, description="Candidates (N).")
+    max_steps: MaxSteps | None = Field(None, description="Generation steps per candidate (M).")
+    temperature: Temperature | None = Field(None, description="Sampling temperature.")
+    max_new_tokens: MaxNewTokens | None = Field(None, description="Token budget of one step.")
     answer_mode: Literal["aimo", "integer", "expression"] | None = Field(
         None, description="aimo: integer mod 1000 (the competition rule); integer; expression: symbolic."
     )
     execution_mode: Literal["last_block", "session"] | None = Field(
         None, description="last_block: each block alone (the reference's); session: blocks share state."
     )
-    deadline_s: float | None = Field(
+    deadline_s: DeadlineSeconds | None = Field(
         None,
-        gt=0,
-        le=MAX_DEADLINE_S,
         description="Seconds of solving (queueing excluded); at the deadline the finished candidates are voted.",
     )
-    seed: int | None = Field(None, ge=0, lt=2**31, description="Fixes every candidate's sampling seed.")
+    seed: Seed | None = Field(None, description="Fixes every candidate's sampling seed.")
     return_traces: bool = Field(False, description="Include every candidate's full text.")
     profile: Literal["service", "reference"] | None = Field(
         None, description="service: our candidate rules; reference: the winners' notebook's, exactly."
@@ -88,22 +88,8 @@ class SolveRequest(BaseModel):
         return problem
 
     def to_config(self, settings: Settings) -> SolveConfig:
-        """The effective parameters: this request's overrides over the server's defaults."""
-        return SolveConfig(
-            num_samples=self.num_samples or settings.num_samples,
-            max_steps=self.max_steps or settings.max_steps,
-            temperature=settings.temperature if self.temperature is None else self.temperature,
-            top_p=settings.top_p,
-            max_new_tokens=self.max_new_tokens or settings.max_new_tokens,
-            answer_mode=AnswerMode(self.answer_mode or settings.answer_mode),
-            execution_mode=ExecutionMode(self.execution_mode or settings.execution_mode),
-            deadline_s=settings.deadline_s if self.deadline_s is None else self.deadline_s,
-            seed=random_seed() if self.seed is None else self.seed,
-            restart_on_fail=settings.restart_on_fail,
-            early_stop=settings.early_stop,
-            output_limit_chars=settings.output_limit_chars,
-            profile=Profile(self.profile or settings.profile),
-        )
+        """The effective parameters: this request's overrides over the server's defaults; a random seed unless given."""
+        return settings.solve_config(**self.model_dump(include=set(SolveConfig.model_fields), exclude_none=True))
 
 
 class CandidateSummary(BaseModel):

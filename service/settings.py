@@ -1,9 +1,9 @@
-"""Every setting of the service in one place.
+"""Every setting of the service: the SC-TIR defaults (inherited) and the server, engine and sandbox settings.
 
 Read from the environment with the prefix SCTIR_ (e.g. SCTIR_NUM_SAMPLES=16)
 and mirrored one-to-one by the flags of `sctir serve` (e.g. --num-samples 16),
-which take precedence. Per-request fields of POST /solve override the SC-TIR
-defaults below for that request only.
+which take precedence. The SC-TIR defaults are service.solver.SolveParameters'
+fields; per-request fields of POST /solve override them for that request only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from enum import StrEnum
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.answers import AnswerMode
 from service.engines.base import DEFAULT_STALL_S
-from service.solver import ExecutionMode, Profile
+from service.solver import SolveParameters
 from service.tir import NUMINA_PROMPT_TEMPLATE
 
 
@@ -31,7 +30,9 @@ class ExecutorKind(StrEnum):
     LOCAL = "local"  # the same runner as a plain process on this host: NOT isolated (opt-in)
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, SolveParameters):
+    """The service's settings; the SC-TIR defaults of every problem are SolveParameters' fields, inherited."""
+
     model_config = SettingsConfigDict(
         env_prefix="SCTIR_",
         cli_kebab_case=True,
@@ -128,24 +129,6 @@ class Settings(BaseSettings):
         description='vLLM: attention backend, e.g. "TRITON_ATTN" on a T4 (FlashAttention needs sm_80+); '
         "unset: vLLM picks one for the hardware.",
     )
-
-    # SC-TIR defaults (the winning AIMO run: N=48, M=4, T=0.8)
-    num_samples: int = Field(48, ge=1, le=256, description="Candidates per problem (N).")
-    max_steps: int = Field(4, ge=1, le=16, description="Generation steps per candidate (M).")
-    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(2048, ge=1, description="Token budget of one step.")
-    answer_mode: AnswerMode = Field(AnswerMode.EXPRESSION, description="How answers are compared.")
-    execution_mode: ExecutionMode = Field(ExecutionMode.LAST_BLOCK, description="How code blocks run.")
-    restart_on_fail: bool = Field(True, description="Restart a failed candidate from the prompt instead of pruning it.")
-    early_stop: bool = Field(True, description="Stop once the leading answer cannot be overtaken.")
-    profile: Profile = Field(
-        Profile.SERVICE,
-        description="Candidate rules: service (a candidate finishes at its first answer) or reference (the "
-        "winners' notebook's: answered candidates keep generating, its tie-break, no early stop).",
-    )
-    deadline_s: float = Field(600.0, gt=0, le=86400, description="Default time limit of one problem.")
-    output_limit_chars: int = Field(200, ge=1, description="Execution output shown to the model.")
 
     # Code execution
     executor: ExecutorKind = Field(

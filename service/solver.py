@@ -30,11 +30,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.executor import ExecutionResult, Executor, ExecutorError
 from service.answers import AnswerMode, Ballot, read_answer
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.tir import (
+    OUTPUT_LIMIT_CHARS,
     OUTPUT_MARKER,
     StepOutcome,
     classify_step,
@@ -77,21 +81,58 @@ class Profile(StrEnum):
     REFERENCE = "reference"
 
 
-@dataclass(frozen=True)
-class SolveConfig:
-    num_samples: int
-    max_steps: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    answer_mode: AnswerMode
-    execution_mode: ExecutionMode
-    deadline_s: float
-    seed: int
-    restart_on_fail: bool = True
-    early_stop: bool = True
-    output_limit_chars: int = 200
-    profile: Profile = Profile.SERVICE
+# The bounds of the SC-TIR parameters, declared once as types: SolveParameters (and through it the server's
+# settings) and the overrides of POST /solve take them from here.
+NumSamples = Annotated[int, Field(ge=1, le=256)]
+MaxSteps = Annotated[int, Field(ge=1, le=16)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxNewTokens = Annotated[int, Field(ge=1, le=32768)]
+MAX_DEADLINE_S = 86400.0
+DeadlineSeconds = Annotated[float, Field(gt=0, le=MAX_DEADLINE_S)]
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+OutputLimit = Annotated[int, Field(ge=1)]
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+class SolveParameters(BaseModel):
+    """The SC-TIR parameters of a problem and their defaults (the winning AIMO run: N=48, M=4, T=0.8).
+
+    Declared once: the server's settings inherit these fields (SCTIR_NUM_SAMPLES, --num-samples, ...),
+    and SolveConfig adds the seed of one problem.
+    """
+
+    num_samples: NumSamples = Field(48, description="Candidates per problem (N).")
+    max_steps: MaxSteps = Field(4, description="Generation steps per candidate (M).")
+    temperature: Temperature = Field(0.8, description="Sampling temperature.")
+    top_p: TopP = Field(1.0, description="Nucleus sampling mass.")
+    max_new_tokens: MaxNewTokens = Field(2048, description="Token budget of one step.")
+    answer_mode: AnswerMode = Field(AnswerMode.EXPRESSION, description="How answers are compared.")
+    execution_mode: ExecutionMode = Field(ExecutionMode.LAST_BLOCK, description="How code blocks run.")
+    restart_on_fail: bool = Field(True, description="Restart a failed candidate from the prompt instead of pruning it.")
+    early_stop: bool = Field(True, description="Stop once the leading answer cannot be overtaken.")
+    profile: Profile = Field(
+        Profile.SERVICE,
+        description="Candidate rules: service (a candidate finishes at its first answer) or reference (the "
+        "winners' notebook's: answered candidates keep generating, its tie-break, no early stop).",
+    )
+    deadline_s: DeadlineSeconds = Field(600.0, description="Default time limit of one problem.")
+    output_limit_chars: OutputLimit = Field(OUTPUT_LIMIT_CHARS, description="Execution output shown to the model.")
+
+    def solve_config(self, **overrides: Any) -> SolveConfig:
+        """These parameters for one problem, with `overrides` (validated; the seed is random unless given)."""
+        return SolveConfig(**{name: getattr(self, name) for name in SolveParameters.model_fields} | overrides)
+
+
+class SolveConfig(SolveParameters):
+    """The parameters one problem is solved with; SolveConfig() has the service's defaults and a random seed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: Seed = Field(default_factory=random_seed, description="Every candidate's sampling seed derives from it.")
 
     @property
     def reference(self) -> bool:
@@ -263,10 +304,6 @@ def derive_seed(*parts: int | str) -> int:
     """A stable 31-bit seed from a path of ints (request seed, candidate, attempt, step)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF
-
-
-def random_seed() -> int:
-    return secrets.randbelow(2**31)
 
 
 class Solver:

@@ -34,16 +34,7 @@ def boxed(answer: str) -> str:
 
 def config(**overrides) -> SolveConfig:
     values = dict(
-        num_samples=1,
-        max_steps=4,
-        temperature=0.8,
-        top_p=1.0,
-        max_new_tokens=256,
-        answer_mode=AnswerMode.AIMO,
-        execution_mode=ExecutionMode.LAST_BLOCK,
-        deadline_s=60.0,
-        seed=1234,
-        early_stop=False,
+        num_samples=1, max_new_tokens=256, answer_mode=AnswerMode.AIMO, deadline_s=60.0, seed=1234, early_stop=False
     )
     return SolveConfig(**(values | overrides))
 

@@ -34,7 +34,7 @@ from service.engines.base import ContextExhausted, Engine, EngineError, Sampling
 from service.engines.vllm_local import VllmEngine, VllmOptions
 from service.machine import NUMINA_MODEL
 from service.settings import EngineKind, Settings
-from service.solver import CandidateStatus, ExecutionMode, SolveConfig, Solver
+from service.solver import CandidateStatus, SolveConfig, Solver
 from service.tir import OUTPUT_MARKER
 from tests.support.constrained import ConstrainedVllmEngine
 from tests.support.tiny_model import TINY_MAX_MODEL_LEN, tiny_vllm_options, tir_regex
@@ -397,17 +397,13 @@ def config(**overrides) -> SolveConfig:
     values = dict(
         num_samples=4,
         max_steps=3,
-        temperature=0.8,
-        top_p=1.0,
         max_new_tokens=160,
         answer_mode=AnswerMode.AIMO,
-        execution_mode=ExecutionMode.LAST_BLOCK,
         deadline_s=120.0,
         seed=2024,
         early_stop=False,
     )
-    values.update(overrides)
-    return SolveConfig(**values)
+    return SolveConfig(**(values | overrides))
 
 
 @module_loop

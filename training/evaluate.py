@@ -10,7 +10,6 @@ whose answers come from the tool then fails, which is what the demo model's benc
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from sandbox.executor import ExecutionResult, ExecutionStatus, Executor
 from service.answers import AnswerMode, matches_reference
 from service.engines.base import Engine
-from service.solver import ExecutionMode, SolveConfig, Solver, SolveResult, derive_seed
+from service.solver import SolveConfig, Solver, SolveResult, derive_seed
 
 # vLLM on a CPU host: the engine core in this process, no CPU pinning (set before it starts).
 VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -89,31 +88,20 @@ def make_engine(
     raise ValueError(f"unknown engine {kind!r} (vllm, transformers, auto)")
 
 
-def solve_config(
-    *,
-    num_samples: int = 1,
-    max_steps: int = 4,
-    temperature: float = 0.0,
-    max_new_tokens: int = 512,
-    answer_mode: AnswerMode = AnswerMode.INTEGER,
-    seed: int = 0,
-    early_stop: bool = True,
-    restart_on_fail: bool = True,
-    deadline_s: float = 600.0,
-) -> SolveConfig:
-    return SolveConfig(
-        num_samples=num_samples,
-        max_steps=max_steps,
-        temperature=temperature,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        answer_mode=answer_mode,
-        execution_mode=ExecutionMode.LAST_BLOCK,
-        deadline_s=deadline_s,
-        seed=seed,
-        restart_on_fail=restart_on_fail,
-        early_stop=early_stop,
-    )
+# Where an evaluation differs from the service's defaults: one greedy candidate, short steps, integer
+# answers, a fixed seed (its figures are reproducible).
+EVALUATION_PARAMETERS: dict[str, Any] = {
+    "num_samples": 1,
+    "temperature": 0.0,
+    "max_new_tokens": 512,
+    "answer_mode": AnswerMode.INTEGER,
+    "seed": 0,
+}
+
+
+def solve_config(**overrides: Any) -> SolveConfig:
+    """The service's defaults with EVALUATION_PARAMETERS, then `overrides`."""
+    return SolveConfig(**EVALUATION_PARAMETERS | overrides)
 
 
 @dataclass
@@ -160,7 +148,7 @@ async def solve_all(
 
     async def one(index: int, problem: str, reference: str) -> ProblemOutcome:
         async with limit:
-            per_problem = dataclasses.replace(config, seed=derive_seed(config.seed, index))
+            per_problem = config.model_copy(update={"seed": derive_seed(config.seed, index)})
             result = await solver.solve(problem, per_problem, f"eval{index}")
         outcome = ProblemOutcome(
             problem, reference, result.answer, matches_reference(result.answer, reference, config.answer_mode), result

@@ -137,11 +137,9 @@ async def sample_completions(recipe: dict[str, Any], *, progress: bool = True) -
 
 
 def solve_config_with_seed(config, index: int):
-    import dataclasses
-
     from service.solver import derive_seed
 
-    return dataclasses.replace(config, seed=derive_seed(config.seed, index))
+    return config.model_copy(update={"seed": derive_seed(config.seed, index)})
 
 
 def _has_cuda() -> bool:

@@ -29,7 +29,8 @@ from service.answers import AnswerMode, Ballot
 from service.evaluation.backends import Backend, SolveFailed
 from service.evaluation.datasets import Problem
 from service.evaluation.scoring import error_record, make_record, request_seed
-from service.schemas import MAX_DEADLINE_S, SolveResponse
+from service.schemas import SolveResponse
+from service.solver import MAX_DEADLINE_S
 
 
 @dataclass(frozen=True)
