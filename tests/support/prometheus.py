@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.servers import free_port, wait_until_up
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "sctir.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "sctir.json"
 
 
 def prometheus_binary() -> str:
