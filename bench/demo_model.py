@@ -31,8 +31,8 @@ from rich.table import Table
 from service.answers import AnswerMode
 from training.demo import build_demo_model
 from training.demo_training import DemoConfig
-from training.evaluate import VLLM_CPU_ENV, BlindExecutor, Evaluation, make_engine, solve_all, solve_config
-from training.synthetic import FAMILIES, heldout_problems
+from training.evaluate import VLLM_CPU_ENV, BlindExecutor, Evaluation, checkpoint_engine, solve_all, solve_config
+from training.synthetic import FAMILIES, DemoProblem, heldout_problems
 
 console = Console(stderr=True)
 
@@ -58,7 +58,7 @@ async def measure(
         answer_mode=AnswerMode.INTEGER,
         seed=0,
     )
-    engine = make_engine(model, engine_kind, max_model_len=1024)
+    engine = checkpoint_engine(model, engine_kind, max_model_len=1024)
     started = time.monotonic()
     await engine.start()
     engine_start_s = time.monotonic() - started
@@ -75,7 +75,7 @@ async def measure(
         await engine.close()
     engine_name = type(engine).__name__
     del engine
-    gc.collect()  # release vLLM's client now, not at interpreter exit
+    gc.collect()  # release vLLM's client here, not at interpreter exit
     return {
         "model": model,
         "engine": engine_name,
@@ -84,26 +84,25 @@ async def measure(
         "problems": len(pairs),
         "num_samples": num_samples,
         "temperature": temperature,
-        "runs": {
-            name: {
-                "correct": run.correct,
-                "total": run.total,
-                "accuracy": run.accuracy,
-                "seconds": round(run.seconds, 1),
-                "executions": sum(c.executions for o in run.outcomes for c in o.result.candidates),
-                "by_family": {
-                    family: sum(o.correct for p, o in zip(heldout, run.outcomes) if p.family == family)
-                    for family in FAMILIES
-                },
-                "example": run.outcomes[0].result.candidates[0].text,
-                "failures": [
-                    {"problem": o.problem, "reference": o.reference, "answer": o.answer}
-                    for o in run.outcomes
-                    if not o.correct
-                ][:5],
-            }
-            for name, run in runs.items()
+        "runs": {name: run_summary(run, heldout) for name, run in runs.items()},
+    }
+
+
+def run_summary(run: Evaluation, heldout: list[DemoProblem]) -> dict[str, Any]:
+    """One run's figures: accuracy, time, code executions, per family, an example text, the first failures."""
+    return {
+        "correct": run.correct,
+        "total": run.total,
+        "accuracy": run.accuracy,
+        "seconds": round(run.seconds, 1),
+        "executions": sum(c.executions for o in run.outcomes for c in o.result.candidates),
+        "by_family": {
+            family: sum(o.correct for p, o in zip(heldout, run.outcomes) if p.family == family) for family in FAMILIES
         },
+        "example": run.outcomes[0].result.candidates[0].text,
+        "failures": [
+            {"problem": o.problem, "reference": o.reference, "answer": o.answer} for o in run.outcomes if not o.correct
+        ][:5],
     }
 
 

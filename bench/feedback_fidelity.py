@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.reference_executor import (
     REFERENCE_TIMEOUT_S,
@@ -268,10 +269,6 @@ def service_defaults() -> tuple[float, int]:
 
 async def main(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from sandbox.executors import LocalExecutor
 
     console = Console()
     root = data_dir()
@@ -280,29 +277,59 @@ async def main(args: argparse.Namespace) -> int:
         console.print(f"[yellow]no {', '.join(missing)} in {root} (set SCTIR_DATA_DIR): nothing to measure")
         return 0
     samples = load_samples(root)
-    wrapping_differs("x")  # fail now, not after the runs, if our preparation's name moved
+    wrapping_differs("x")  # fail before the runs, not after them, if our preparation's name moved
     if args.limit:
         samples = samples[: args.limit]
     timeout_s, max_output_bytes = service_defaults()
-    reference = ReferenceExecutor(timeout_s=REFERENCE_TIMEOUT_S, concurrency=args.concurrency)
-    ours = LocalExecutor(timeout_s=timeout_s, concurrency=args.concurrency, max_output_bytes=max_output_bytes)
     started = time.monotonic()
+    outcomes = await measure(samples, args.concurrency, timeout_s, max_output_bytes, console)
+    seconds = time.monotonic() - started
+    print_summary(console, outcomes)
+
+    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    argv = " ".join(sys.argv[1:]).replace(f"--json {args.json}", "").split()  # --json changes nothing measured
+    command = " ".join(["python -m bench.feedback_fidelity", *argv])
+    text = markdown(outcomes, command, machine, timeout_s, seconds)
+    if args.write:
+        write_section(text)
+        console.print("BENCHMARKS.md updated")
+    else:
+        console.print(text, highlight=False, markup=False)
+    if args.json:
+        write_jsonl(Path(args.json), outcomes)
+    return 0
+
+
+async def measure(
+    samples: list[Sample], concurrency: int, timeout_s: float, max_output_bytes: int, console: Any
+) -> list[Outcome]:
+    """Every sample through the reference REPL, then through our LocalExecutor, classified side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sandbox.executors import LocalExecutor
+
+    reference = ReferenceExecutor(timeout_s=REFERENCE_TIMEOUT_S, concurrency=concurrency)
+    ours = LocalExecutor(timeout_s=timeout_s, concurrency=concurrency, max_output_bytes=max_output_bytes)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task("reference", total=len(samples))
-        reference_results = await run_all(reference, samples, args.concurrency, lambda: progress.advance(task))
+        reference_results = await run_all(reference, samples, concurrency, lambda: progress.advance(task))
         await ours.start()
         try:
             task = progress.add_task("ours (LocalExecutor)", total=len(samples))
-            our_results = await run_all(ours, samples, args.concurrency, lambda: progress.advance(task))
+            our_results = await run_all(ours, samples, concurrency, lambda: progress.advance(task))
         finally:
             await ours.close()
-    seconds = time.monotonic() - started
-    outcomes = [classify(s, r, o) for s, r, o in zip(samples, reference_results, our_results)]
+    return [classify(s, r, o) for s, r, o in zip(samples, reference_results, our_results)]
 
-    datasets = list(dict.fromkeys(s.dataset for s in samples))
-    table = Table(title=f"feedback fidelity, {len(samples)} blocks")
+
+def print_summary(console: Any, outcomes: list[Outcome]) -> None:
+    """The kinds per dataset as a table, then three examples of each kind of difference."""
+    from rich.table import Table
+
+    datasets = list(dict.fromkeys(o.sample.dataset for o in outcomes))
+    table = Table(title=f"feedback fidelity, {len(outcomes)} blocks")
     table.add_column("kind")
     for name in [*datasets, "all"]:
         table.add_column(name, justify="right")
@@ -321,30 +348,22 @@ async def main(args: argparse.Namespace) -> int:
             console.print(f"  reference: {_short(o.reference, 150)}", highlight=False, markup=False)
             console.print(f"  ours:      {_short(o.ours, 150)}", highlight=False, markup=False)
 
-    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-    argv = " ".join(sys.argv[1:]).replace(f"--json {args.json}", "").split()  # --json changes nothing measured
-    command = " ".join(["python -m bench.feedback_fidelity", *argv])
-    text = markdown(outcomes, command, machine, timeout_s, seconds)
-    if args.write:
-        write_section(text)
-        console.print("BENCHMARKS.md updated")
-    else:
-        console.print(text, highlight=False, markup=False)
-    if args.json:
-        rows = [
-            {
-                "dataset": o.sample.dataset,
-                "source": o.sample.source,
-                "kind": o.kind,
-                "code": o.sample.code,
-                "reference_block": reference_output_block(o.reference),
-                "reference": o.reference,
-                "ours": o.ours,
-            }
-            for o in outcomes
-        ]
-        Path(args.json).write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n")
-    return 0
+
+def write_jsonl(path: Path, outcomes: list[Outcome]) -> None:
+    """Every block's outcome, one JSON object a line (--json)."""
+    rows = [
+        {
+            "dataset": o.sample.dataset,
+            "source": o.sample.source,
+            "kind": o.kind,
+            "code": o.sample.code,
+            "reference_block": reference_output_block(o.reference),
+            "reference": o.reference,
+            "ours": o.ours,
+        }
+        for o in outcomes
+    ]
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -106,7 +106,7 @@ class Row:
         return self.barrier.wall_s / self.pipeline.wall_s
 
 
-def make_engine(model: str | None, max_num_seqs: int | None, *, loops: bool) -> VllmEngine:
+def benchmark_engine(model: str | None, max_num_seqs: int | None, *, loops: bool) -> VllmEngine:
     """The tiny model, constrained (model None), or `model` as the service would serve it on CPU.
 
     `loops`: the tiny model's code also runs a loop of a length it picks (tests/support/constrained.py).
@@ -137,7 +137,7 @@ async def timed(engine: VllmEngine, schedule: Schedule, problem: str, config: So
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
-    engine = make_engine(args.model, args.max_num_seqs, loops=args.code == "loops")
+    engine = benchmark_engine(args.model, args.max_num_seqs, loops=args.code == "loops")
     recorder = StepTokens(engine)
     executor = DockerExecutor(image=args.image, size=2, concurrency=4, pool_name="sctir-bench-scheduler")
     await engine.start()

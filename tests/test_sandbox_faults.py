@@ -144,7 +144,7 @@ def missing_interpreter() -> tuple[Executor, str]:
 async def test_an_executor_fault_fails_the_candidates_and_the_model_never_reads_it(broken, mode: ExecutionMode) -> None:
     executor, fault = broken()
     # Every candidate writes code and, after seeing its output, answers: with the fault shown as
-    # output (the old behaviour) they would all answer 42 over it.
+    # output they would all answer 42 over it, so a fault must fail the candidate instead.
     engine = ScriptedEngine(lambda candidate, step, prompt: ([code("6 * 7"), boxed(42)][min(step, 1)], 0.0))
     try:
         result = await Solver(engine, executor).solve(PROBLEM, config(num_samples=3, execution_mode=mode), "r")

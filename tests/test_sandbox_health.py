@@ -33,7 +33,9 @@ from tests.support.doubles import ScriptedEngine
 from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, require_docker
 from tests.test_solver import PROBLEM, boxed, code, config
 
-GRACE_S = 10.0  # the pools' default answer grace: the old no-answer limit is timeout_s + GRACE_S
+# The pools' default answer grace: a block unanswered for timeout_s + GRACE_S has hit the no-answer limit,
+# which a health check must detect sooner.
+GRACE_S = 10.0
 
 
 FROZEN: list[int] = []  # hubs the test froze: killed at its end (a frozen runner would hold up close())

@@ -232,11 +232,11 @@ def test_transformers_engine_serves_the_demo_model_through_the_solver(demo_model
     from sandbox.executors import LocalExecutor
     from service.engines.base import Engine
     from service.solver import CandidateStatus
-    from training.evaluate import make_engine, solve_all, solve_config
+    from training.evaluate import checkpoint_engine, solve_all, solve_config
     from training.synthetic import heldout_problems
 
     async def main():
-        engine = make_engine(str(demo_model), "transformers", max_model_len=1024)
+        engine = checkpoint_engine(str(demo_model), "transformers", max_model_len=1024)
         assert isinstance(engine, Engine)
         await engine.start()
         executor = LocalExecutor(timeout_s=10.0, concurrency=2)

@@ -499,3 +499,17 @@ def test_kto_recipe_is_valid_trainer_arguments(tmp_path: Path) -> None:
     assert (args.desirable_weight, args.undesirable_weight) == (3.0, 1.0)  # 30 x 3 ~ 90 x 1
     args = kto_config(recipe, str(tmp_path), desirable=90, undesirable=30)
     assert (args.desirable_weight, args.undesirable_weight) == (1.0, 3.0)
+
+
+def test_recipe_sections_are_typed_and_refuse_unknown_keys() -> None:
+    from training.quantize import cpu_workers
+    from training.recipe import FromScratch, ModelSection, QuantizationSection, SamplingSection, section
+
+    sampling = section(load_recipe(RECIPES_DIR / "tiny" / "kto.yaml"), "sampling", SamplingSection)
+    assert sampling.answer_mode is AnswerMode.INTEGER and sampling.temperature == 1.5 and sampling.seed == 0
+    model = section(load_recipe(RECIPES_DIR / "tiny" / "stage1_cot.yaml"), "model", ModelSection)
+    assert model.from_scratch == FromScratch(num_layers=2, intermediate_size=256, vocab_size=512)
+    assert section({}, "quantization", QuantizationSection).static_activation_order
+    with pytest.raises(ValueError, match="sampling section: temprature"):
+        section({"sampling": {"temprature": 1.0}}, "sampling", SamplingSection)
+    assert cpu_workers(3) == 3 and 2 <= cpu_workers() <= 12

@@ -255,7 +255,7 @@ async def test_attention_backend_reaches_vllm(vllm_installed: None, tiny_model_d
 
 
 async def test_close_releases_the_engine(vllm_installed: None, tiny_model_dir: Path, vllm_cpu_env: None) -> None:
-    """After close() nothing holds vLLM's AsyncLLM (it used to live on until interpreter exit)."""
+    """After close() nothing holds vLLM's AsyncLLM (not only at interpreter exit)."""
     engine = VllmEngine(tiny_vllm_options(tiny_model_dir))
     await engine.start()
     released = weakref.ref(engine._engine)

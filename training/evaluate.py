@@ -55,7 +55,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_engine(
+def checkpoint_engine(
     model: str,
     kind: str = "auto",
     *,
@@ -65,7 +65,11 @@ def make_engine(
     enforce_eager: bool = True,
     max_batch: int = 16,
 ) -> Engine:
-    """An engine serving `model`: "vllm" (the service's), "transformers", or "auto" (vllm if installed)."""
+    """An engine serving the checkpoint `model`: "vllm" (the service's), "transformers", or "auto" (vllm if installed).
+
+    Unlike service.components.make_engine, which builds the served engine from Settings, this one
+    takes a checkpoint and the few engine arguments an evaluation or KTO's sampling varies.
+    """
     if kind == "auto":
         kind = "vllm" if vllm_available() else "transformers"
     if kind == "vllm":

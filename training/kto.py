@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from service.answers import AnswerMode, matches_reference
+from service.engines.base import Engine
 from training.data import DataSpec, problems_with_answers, write_jsonl
-from training.evaluate import VLLM_CPU_ENV, make_engine, solve_config
-from training.recipe import batch_arguments, load_recipe
+from training.evaluate import VLLM_CPU_ENV, ProblemOutcome, checkpoint_engine, solve_all, solve_config
+from training.models import load_model_and_tokenizer, train_and_save, write_summary
+from training.recipe import ModelSection, SamplingSection, batch_arguments, load_recipe, section
 
 log = logging.getLogger(__name__)
 SAMPLES_FILE = "kto_samples.jsonl"
@@ -51,79 +53,45 @@ class SamplingSummary:
 async def sample_completions(recipe: dict[str, Any], *, progress: bool = True) -> tuple[list[dict], SamplingSummary]:
     """KTO rows ({prompt, completion, label, answer, reference, status}) sampled through the solver."""
     from sandbox.executors import LocalExecutor
-    from service.solver import Solver
 
-    sampling = recipe.get("sampling") or {}
+    sampling = section(recipe, "sampling", SamplingSection)
     spec = DataSpec.from_dict({**recipe["data"], "require_answer": True})
-    records = problems_with_answers(spec, limit=sampling.get("problems"))
+    records = problems_with_answers(spec, limit=sampling.problems)
     if not records:
         raise ValueError(f"no problems with reference answers in {spec.dataset}")
-    mode = AnswerMode(sampling.get("answer_mode", "expression"))
     config = solve_config(
-        num_samples=int(sampling.get("samples_per_problem", 4)),
-        max_steps=int(sampling.get("max_steps", 4)),
-        temperature=float(sampling.get("temperature", 0.8)),
-        max_new_tokens=int(sampling.get("max_new_tokens", 1024)),
-        answer_mode=mode,
-        seed=int(sampling.get("seed", 0)),
+        num_samples=sampling.samples_per_problem,
+        max_steps=sampling.max_steps,
+        temperature=sampling.temperature,
+        max_new_tokens=sampling.max_new_tokens,
+        answer_mode=sampling.answer_mode,
+        seed=sampling.seed,
         early_stop=False,  # every candidate is a training example
-        # A restart would drop the failed attempt's text: keep it, it is an undesirable example.
-        restart_on_fail=bool(sampling.get("restart_on_fail", False)),
-        deadline_s=float(sampling.get("deadline_s", 3600)),
+        restart_on_fail=sampling.restart_on_fail,
+        deadline_s=sampling.deadline_s,
     )
-    engine_kind = sampling.get("engine", "auto")
-    if engine_kind in ("auto", "vllm") and not _has_cuda():
-        for name, value in VLLM_CPU_ENV.items():
-            os.environ.setdefault(name, value)
-    engine = make_engine(
-        recipe["model"]["name_or_path"],
-        engine_kind,
-        dtype=sampling.get("dtype", "float32"),
-        max_model_len=int(sampling.get("max_model_len", 4096)),
-        kv_cache_memory_bytes=sampling.get("kv_cache_memory_bytes", None if _has_cuda() else 256 * 2**20),
-        enforce_eager=bool(sampling.get("enforce_eager", not _has_cuda())),
-    )
-    executor = LocalExecutor(
-        timeout_s=float(sampling.get("execution_timeout_s", 5.0)), concurrency=sampling.get("execution_concurrency")
-    )
-    rows: list[dict] = []
+    engine = _sampling_engine(section(recipe, "model", ModelSection), sampling)
+    executor = LocalExecutor(timeout_s=sampling.execution_timeout_s, concurrency=sampling.execution_concurrency)
     started = time.monotonic()
     await engine.start()
     try:
         await executor.start()
-        solver = Solver(engine, executor)
-        limit = asyncio.Semaphore(int(sampling.get("concurrency", 16)))
         with _progress(progress, len(records)) as advance:
-
-            async def one(index: int, record) -> list[dict]:
-                async with limit:
-                    per_problem = solve_config_with_seed(config, index)
-                    result = await solver.solve(record.problem, per_problem, f"kto{index}")
-                advance()
-                out = []
-                for candidate in result.candidates:
-                    if not candidate.text.strip():
-                        continue  # cancelled or failed before writing anything: nothing to learn from
-                    out.append(
-                        {
-                            "prompt": [{"role": "user", "content": record.problem}],
-                            "completion": [{"role": "assistant", "content": candidate.text}],
-                            "label": matches_reference(candidate.answer, record.answer, mode),
-                            "answer": candidate.answer,
-                            "reference": record.answer,
-                            "status": str(candidate.status),
-                        }
-                    )
-                return out
-
-            for problem_rows in await asyncio.gather(*(one(i, r) for i, r in enumerate(records))):
-                rows.extend(problem_rows)
+            evaluation = await solve_all(
+                engine,
+                executor,
+                [(record.problem, record.answer) for record in records],
+                config,
+                concurrency=sampling.concurrency,
+                on_done=lambda outcome: advance(),
+            )
     finally:
         await engine.close()
         await executor.close()
         engine_name = type(engine).__name__
         del engine
         gc.collect()  # let vLLM's client go now, not at interpreter exit
+    rows = [row for outcome in evaluation.outcomes for row in _rows(outcome, sampling.answer_mode)]
     desirable = sum(row["label"] for row in rows)
     summary = SamplingSummary(
         problems=len(records),
@@ -136,10 +104,39 @@ async def sample_completions(recipe: dict[str, Any], *, progress: bool = True) -
     return rows, summary
 
 
-def solve_config_with_seed(config, index: int):
-    from service.solver import derive_seed
+def _sampling_engine(model: ModelSection, sampling: SamplingSection) -> Engine:
+    """The engine that samples: vLLM's CPU defaults where there is no GPU (a small KV cache, no CUDA graphs)."""
+    cuda = _has_cuda()
+    if sampling.engine in ("auto", "vllm") and not cuda:
+        for name, value in VLLM_CPU_ENV.items():
+            os.environ.setdefault(name, value)
+    if model.name_or_path is None:
+        raise ValueError("KTO samples from a checkpoint: the recipe's model section needs name_or_path")
+    return checkpoint_engine(
+        model.name_or_path,
+        sampling.engine,
+        dtype=sampling.dtype,
+        max_model_len=sampling.max_model_len,
+        kv_cache_memory_bytes=sampling.kv_cache_memory_bytes or (None if cuda else 256 * 2**20),
+        enforce_eager=sampling.enforce_eager if sampling.enforce_eager is not None else not cuda,
+    )
 
-    return config.model_copy(update={"seed": derive_seed(config.seed, index)})
+
+def _rows(outcome: ProblemOutcome, mode: AnswerMode) -> list[dict]:
+    """One KTO row per candidate that wrote something, labelled by its answer against the reference."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": outcome.problem}],
+            "completion": [{"role": "assistant", "content": candidate.text}],
+            "label": matches_reference(candidate.answer, outcome.reference, mode),
+            "answer": candidate.answer,
+            "reference": outcome.reference,
+            "status": str(candidate.status),
+        }
+        for candidate in outcome.result.candidates
+        # a candidate cancelled or failed before writing anything has nothing to learn from
+        if candidate.text.strip()
+    ]
 
 
 def _has_cuda() -> bool:
@@ -204,8 +201,6 @@ def train_kto(recipe: dict[str, Any], rows: list[dict], output_dir: str) -> KTOS
     from datasets import Dataset
     from trl import KTOTrainer
 
-    from training.models import load_model_and_tokenizer
-
     if not rows:
         raise ValueError("no KTO examples")
     desirable = sum(bool(r["label"]) for r in rows)
@@ -214,15 +209,10 @@ def train_kto(recipe: dict[str, Any], rows: list[dict], output_dir: str) -> KTOS
     dataset = Dataset.from_list(
         [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in rows]
     )
-    model, tokenizer = load_model_and_tokenizer(recipe["model"])
+    model, tokenizer = load_model_and_tokenizer(section(recipe, "model", ModelSection))
     args = kto_config(recipe, output_dir, desirable=desirable, undesirable=len(rows) - desirable)
     trainer = KTOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    started = time.monotonic()
-    trainer.train()
-    seconds = time.monotonic() - started
-    trainer.save_model(output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(output_dir)
+    seconds = train_and_save(trainer, tokenizer, output_dir)
     keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl", "loss")
     rewards = [
         {"step": entry.get("step"), **{k: entry[k] for k in keys if k in entry}}
@@ -240,8 +230,7 @@ def train_kto(recipe: dict[str, Any], rows: list[dict], output_dir: str) -> KTOS
         train_seconds=round(seconds, 1),
         rewards=rewards,
     )
-    if trainer.is_world_process_zero():
-        Path(output_dir, "kto_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_summary(trainer, Path(output_dir, "kto_summary.json"), summary)
     return summary
 
 

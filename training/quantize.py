@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from training.data import DataSpec, calibration_texts
-from training.recipe import load_recipe
+from training.recipe import ModelSection, QuantizationSection, load_recipe, section
 
 log = logging.getLogger(__name__)
 
-# GPTQModel sizes its CPU thread pool at import (default: half the cores, up to 12). Its model
-# loader asks for 2 workers, so 1 fails; 2 suits the 2-core machines this runs on in CI.
-CPU_WORKERS = "2"
+# GPTQModel sizes its CPU thread pool at import: half the cores, up to 12. Its model loader asks
+# for 2 workers, so on a 2-core machine that default (1) fails.
+MIN_CPU_WORKERS, MAX_CPU_WORKERS = 2, 12
 
 # What vLLM's GPTQ loader reads (quantize_config.json): static activation order, see above.
 EXPECTED_GPTQ = {"quant_method": "gptq", "bits": 8, "group_size": 128, "desc_act": False, "static_groups": True}
@@ -54,22 +54,37 @@ class QuantizeSummary:
     quantize_config: dict[str, Any]
 
 
-def _gptq_config(q: dict[str, Any]):
+def cpu_workers(requested: int | None = None) -> int:
+    """GPTQModel's CPU thread pool: `requested`, else half the cores this process may use (2 to 12)."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(MIN_CPU_WORKERS, min(MAX_CPU_WORKERS, cores // 2))
+
+
+def _set_cpu_workers(requested: int | None = None) -> None:
+    """Before GPTQModel is imported (it reads the variable then); an explicit $GPTQMODEL_CPU_WORKERS wins."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(cpu_workers(requested)))
+
+
+def _gptq_config(q: QuantizationSection):
     from gptqmodel import QuantizeConfig
 
     return QuantizeConfig(
-        bits=int(q.get("bits", 8)),
-        group_size=int(q.get("group_size", 128)),
-        desc_act=bool(q.get("desc_act", True)),
-        static_groups=bool(q.get("static_groups", True)),
+        bits=q.bits,
+        group_size=q.group_size,
+        desc_act=q.desc_act,
+        static_groups=q.static_groups,
         act_group_aware=False,  # GPTQModel's alternative to desc_act; the two exclude each other
-        sym=bool(q.get("sym", True)),
-        damp_percent=float(q.get("damp_percent", 0.01)),
+        sym=q.sym,
+        damp_percent=q.damp_percent,
     )
 
 
 def run_quantize(recipe: dict[str, Any], output_dir: str | Path | None = None) -> QuantizeSummary:
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", CPU_WORKERS)
+    q = section(recipe, "quantization", QuantizationSection)
+    model = section(recipe, "model", ModelSection)
+    _set_cpu_workers(q.cpu_workers)
     import torch
     from gptqmodel import GPTQModel
     from transformers import AutoTokenizer
@@ -77,29 +92,31 @@ def run_quantize(recipe: dict[str, Any], output_dir: str | Path | None = None) -
     from training.models import prepare_tokenizer, torch_dtype
 
     output_dir = str(output_dir or recipe["output_dir"])
-    q = recipe.get("quantization") or {}
-    model_path = recipe["model"]["name_or_path"]
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path), recipe["model"])
-    texts = calibration_texts(DataSpec.from_dict(recipe["data"]), int(q.get("calibration_samples", 256)))
-    max_length = int(q.get("calibration_max_length", 2048))
-    calibration = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-        calibration.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model.name_or_path), model)
+    calibration = _calibration(tokenizer, DataSpec.from_dict(recipe["data"]), q)
 
     started = time.monotonic()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    model = GPTQModel.load(model_path, _gptq_config(q), dtype=torch_dtype(q.get("dtype", "float16")), device=device)
-    model.quantize(calibration, batch_size=int(q.get("batch_size", 1)), calibration_data_min_length=1)
-    model.save(output_dir)
+    quantized = GPTQModel.load(model.name_or_path, _gptq_config(q), dtype=torch_dtype(q.dtype), device=device)
+    quantized.quantize(calibration, batch_size=q.batch_size, calibration_data_min_length=1)
+    quantized.save(output_dir)
     tokenizer.save_pretrained(output_dir)
     seconds = time.monotonic() - started
-    if q.get("desc_act", True) and q.get("static_groups", True):
-        mark_static_activation_order(Path(output_dir), int(q.get("group_size", 128)))
+    if q.static_activation_order:
+        mark_static_activation_order(Path(output_dir), q.group_size)
     config = read_gptq_config(output_dir)
     summary = QuantizeSummary(output_dir, len(calibration), round(seconds, 1), config)
     Path(output_dir, "quantize_summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def _calibration(tokenizer: Any, spec: DataSpec, q: QuantizationSection) -> list[dict[str, list[int]]]:
+    """`q.calibration_samples` texts in the served format, tokenized and cut to `q.calibration_max_length`."""
+    calibration = []
+    for text in calibration_texts(spec, q.calibration_samples):
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=q.calibration_max_length)
+        calibration.append({"input_ids": ids["input_ids"], "attention_mask": [1] * len(ids["input_ids"])})
+    return calibration
 
 
 def mark_static_activation_order(path: Path, group_size: int) -> None:
@@ -148,7 +165,7 @@ def verify_checkpoint(
 
     Returns the kernel GPTQModel picked, the quantized linear layers found and the generated text.
     """
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", CPU_WORKERS)
+    _set_cpu_workers()
     import torch
     from gptqmodel import GPTQModel
 

@@ -13,16 +13,14 @@ template in its tokenizer, plus `sft_summary.json` (losses, steps, time).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training.data import DataSpec, load_splits
-from training.models import load_model_and_tokenizer
-from training.recipe import batch_arguments, load_recipe
+from training.models import load_model_and_tokenizer, train_and_save, write_summary
+from training.recipe import ModelSection, batch_arguments, load_recipe, section
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +56,13 @@ def run_sft(recipe: dict[str, Any], output_dir: str | Path | None = None) -> SFT
     from trl import SFTTrainer
 
     output_dir = str(output_dir or recipe["output_dir"])
-    spec = DataSpec.from_dict(recipe["data"])
-    train, test = load_splits(spec)
-    model, tokenizer = load_model_and_tokenizer(recipe["model"], scratch_texts=train["text"])
+    train, test = load_splits(DataSpec.from_dict(recipe["data"]))
+    model, tokenizer = load_model_and_tokenizer(section(recipe, "model", ModelSection), scratch_texts=train["text"])
     args = sft_config(recipe, output_dir)
     if test is None or args.eval_strategy == "no":
         test = None
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test, processing_class=tokenizer)
-    started = time.monotonic()
-    trainer.train()
-    seconds = time.monotonic() - started
-    trainer.save_model(output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(output_dir)
+    seconds = train_and_save(trainer, tokenizer, output_dir)
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
@@ -82,8 +74,7 @@ def run_sft(recipe: dict[str, Any], output_dir: str | Path | None = None) -> SFT
         eval_loss=eval_losses[-1] if eval_losses else None,
         train_seconds=round(seconds, 1),
     )
-    if trainer.is_world_process_zero():
-        Path(output_dir, "sft_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_summary(trainer, Path(output_dir, "sft_summary.json"), summary)
     return summary
 
 

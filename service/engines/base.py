@@ -23,7 +23,7 @@ READY_TIMEOUT_S = 1.0
 # 0.38 s (two problems of 48 candidates at once, code executed, on 2 CPU cores shared with other
 # work at a load average of 8); a 7B model's longest step on a T4 (a full batch of prefill) takes
 # about a second. 20 s is more than an order of magnitude above both, and still fails a frozen
-# engine's steps in seconds where they used to wait for the 600 s deadline.
+# engine's steps in seconds rather than at the 600 s deadline.
 DEFAULT_STALL_S = 20.0
 
 

@@ -1,8 +1,8 @@
 """The stall detector: steps fail once their engine has produced no token for `stall_s` seconds.
 
 A frozen engine (a stopped or wedged process, a hung GPU, a server whose engine core hangs)
-neither answers nor fails: each of its steps used to wait for the request's deadline (600 s by
-default) or the remote read timeout. A step may wait for its first token legitimately, though:
+neither answers nor fails: without this each of its steps would wait for the request's deadline
+(600 s by default) or the remote read timeout. A step may wait for its first token legitimately, though:
 queued behind the others of a full batch, it gets none while they do. So the clock is the
 engine's, not the step's: a step has stalled when no step of its engine made progress (a token,
 a streamed chunk) for `stall_s` seconds since it started.

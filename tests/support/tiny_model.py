@@ -25,6 +25,7 @@ from pathlib import Path
 from service.engines.vllm_local import VllmOptions
 from service.tir import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
 from tests.support.constrained import PROSE, ConstrainedVllmEngine
+from training.evaluate import VLLM_CPU_ENV as CHECKPOINT_VLLM_CPU_ENV
 from training.scratch import ModelShape, random_qwen2, train_bpe
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
@@ -140,13 +141,10 @@ def require_vllm() -> None:
         pytest.skip(f"{VLLM_MISSING} ({type(exc).__name__}: {exc})")
 
 
-# vLLM on CPU in tests: the engine core without a further worker process, no CPU pinning, one
-# OpenMP thread (the machine has 2 cores). Set before the engine (or the server) starts.
-VLLM_CPU_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "OMP_NUM_THREADS": "1",
-}
+# vLLM on CPU in tests: training.evaluate's settings (the engine core without a further worker
+# process, no CPU pinning) and one OpenMP thread, so that concurrent tests share the cores instead
+# of each claiming them all. Set before the engine (or the server) starts.
+VLLM_CPU_ENV = CHECKPOINT_VLLM_CPU_ENV | {"OMP_NUM_THREADS": "1"}
 # Engine arguments for the tiny model on CPU: float32 so that a seed gives the same text whatever
 # else is in the batch; a small explicit KV cache; no compilation (a faster start).
 TINY_MAX_MODEL_LEN = 4096
