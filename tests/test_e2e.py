@@ -19,9 +19,9 @@ from typing import NamedTuple
 import httpx
 import pytest
 
+from tests.support.docker import require_docker
 from tests.support.servers import free_port, wait_until_up
 from tests.support.tiny_model import VLLM_CPU_ENV, require_vllm
-from tests.test_sandbox_docker import require_docker
 from training.synthetic import EXAMPLES, heldout_problems
 
 # Installed by the `train` and `quantize` extras only (and `training`, our own recipes): the service

@@ -21,7 +21,7 @@ from service.evaluation.report import markdown
 from service.evaluation.store import RunStore
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine
-from tests.test_evaluation_harness import arithmetic, write_set
+from tests.support.solving import arithmetic, write_set
 
 EASY = "Compute 6*7."  # the candidates agree
 HARD = "Compute 2+3. [wrong 1]"  # two candidates, two answers (6 and 5): never a consensus

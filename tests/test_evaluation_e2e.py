@@ -29,7 +29,7 @@ from service.evaluation.scoring import request_seed
 from service.evaluation.store import RunStore
 from service.settings import ExecutorKind, Settings
 from service.solver import derive_seed
-from tests.test_evaluation_harness import write_set
+from tests.support.solving import write_set
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 NUM_SAMPLES = 2

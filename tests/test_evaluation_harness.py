@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -33,38 +32,15 @@ from service.evaluation.store import RunMismatch, RunStore
 from service.exitcodes import ExitCode
 from service.settings import Settings
 from service.solver import derive_seed
-from service.tir import OUTPUT_MARKER, PROBLEM_PREFIX
 from tests.support.doubles import ScriptedEngine
 from tests.support.servers import serve_in_thread
+from tests.support.solving import arithmetic, write_set
 
 PROBLEMS = [
     {"id": "p1", "problem": "Compute 6*7.", "answer": "42"},
     {"id": "p2", "problem": "Compute 5+5. [wrong 1]", "answer": "10"},  # a 1-1 tie: the wrong one wins
     {"id": "p3", "problem": "Compute 2**5. [wrong 2]", "answer": "32"},  # nobody right
 ]
-
-
-def arithmetic(delay: float = 0.0, delays: dict[str, float] | None = None):
-    """Script: step 0 writes code printing the problem's expression; then boxes what it printed."""
-
-    def script(candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        problem = prompt.split(PROBLEM_PREFIX, 1)[1].split("\n", 1)[0]
-        wait = next((d for key, d in (delays or {}).items() if key in problem), delay)
-        if OUTPUT_MARKER not in prompt:
-            expression = re.search(r"Compute (.+?)\.", problem)[1]
-            return f"We compute.\n```python\nprint({expression})\n```\n{OUTPUT_MARKER}", wait
-        value = int(re.findall(r"```output\n(.*?)\n```", prompt)[-1])
-        wrong = re.search(r"\[wrong (\d+)\]", problem)
-        if wrong and candidate < int(wrong[1]):
-            value += 1 + candidate
-        return f"So the answer is $\\boxed{{{value}}}$.", wait
-
-    return script
-
-
-def write_set(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def step_seeds(seed: int, problem_id: str, num_samples: int) -> set[int]:

@@ -54,3 +54,15 @@ KNOWS_TRAINING = ("service/cli/train.py", "service/cli/demo.py")
 def test_service_imports_training_only_in_the_cli_train_and_demo_commands() -> None:
     found = violations("service", (), ("training",))
     assert [line for line in found if line.split(" imports ")[0] not in KNOWS_TRAINING] == []
+
+
+def test_no_module_imports_a_test_module() -> None:
+    """What tests share lives in tests/support, so no test module is imported for its helpers."""
+    found = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for folder in ("tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for module in sorted(imported_modules(path))
+        if module.split(".")[-1].startswith("test_") and module.startswith("tests.")
+    ]
+    assert found == []

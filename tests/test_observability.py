@@ -16,6 +16,7 @@ import pytest
 from service.api.app import create_app
 from service.components import make_executor
 from service.settings import Settings
+from tests.support.docker import require_docker
 from tests.support.doubles import ScriptedEngine
 from tests.support.prometheus import (
     dashboard_queries,
@@ -25,7 +26,6 @@ from tests.support.prometheus import (
     scalar,
 )
 from tests.support.servers import serve_in_thread
-from tests.test_sandbox_docker import require_docker
 
 CODE = "```python\nprint(2)\n```\n```output\n"
 

@@ -31,8 +31,8 @@ from sandbox.backends.owners import LABEL_POOL
 from sandbox.executor import ExecutionStatus, ExecutorError
 from sandbox.executors import DockerExecutor
 from sandbox.slots import KEEPALIVE_S
+from tests.support.docker import IMAGE, LIMITS, require_docker, unavailable
 from tests.support.servers import free_port
-from tests.test_sandbox_docker import IMAGE, LIMITS, require_docker, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "docker-api" / "haproxy.cfg"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.quickstart import README, run
-from tests.test_sandbox_docker import require_docker
+from tests.support.docker import require_docker
 from training.synthetic import EXAMPLES
 
 

@@ -18,7 +18,7 @@ from service.engines.base import ContextExhausted, StepRequest, StepResult
 from service.solver import Action, Candidate, CandidateStatus, Profile, Solver
 from service.tir import OUTPUT_MARKER, StepOutcome, classify_step
 from tests.support.doubles import ScriptedEngine, parse_request_id
-from tests.test_solver import config
+from tests.support.solving import config
 
 # More than the 100 characters the notebook reads, with a box of its own: an answer read
 # anywhere but in the tail would be 999.

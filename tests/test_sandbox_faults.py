@@ -22,9 +22,9 @@ from sandbox.backends import DockerLimits, SandboxUnavailable
 from sandbox.executor import Executor, ExecutorError
 from sandbox.executors import DockerExecutor, LocalExecutor
 from service.solver import CandidateStatus, ExecutionMode, Solver
+from tests.support.docker import unavailable
 from tests.support.doubles import ScriptedEngine, parse_request_id
-from tests.test_sandbox_docker import unavailable
-from tests.test_solver import PROBLEM, boxed, code, config
+from tests.support.solving import PROBLEM, boxed, code, config
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING_IMAGE = f"sctir-sandbox:missing-{uuid.uuid4().hex[:8]}"

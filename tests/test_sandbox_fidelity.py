@@ -26,7 +26,7 @@ from bench.reference_executor import ReferenceExecutor
 from bench.sandbox import data_dir, load_tora_blocks, outcome_matches
 from sandbox.executor import ExecutionResult
 from sandbox.executors import LocalExecutor
-from tests.test_sandbox_docker import make_pool, require_docker
+from tests.support.docker import make_pool, require_docker
 
 FLOOR = 0.99  # measured: 1318/1318 with the local runner (numpy 2.2, sympy 1.14) and in the image (Debian 12)
 

@@ -29,9 +29,9 @@ from sandbox.pool import SandboxPool
 from sandbox.slots import FRESH_S
 from service.logs import RequestIdFilter, request_id_var
 from service.solver import Candidate, CandidateStatus, Solver
+from tests.support.docker import IMAGE, LIMITS, containers_of, require_docker
 from tests.support.doubles import ScriptedEngine
-from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, require_docker
-from tests.test_solver import PROBLEM, boxed, code, config
+from tests.support.solving import PROBLEM, boxed, code, config
 
 # The pools' default answer grace: a block unanswered for timeout_s + GRACE_S has hit the no-answer limit,
 # which a health check must detect sooner.

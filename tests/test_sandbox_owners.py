@@ -26,7 +26,7 @@ import pytest
 from sandbox.backends.owners import CREATED_GRACE_S, Owner, is_leftover
 from sandbox.executor import ExecutionStatus
 from sandbox.executors import DockerExecutor
-from tests.test_sandbox_docker import IMAGE, LIMITS, containers_of, make_pool, require_docker
+from tests.support.docker import IMAGE, LIMITS, containers_of, make_pool, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 

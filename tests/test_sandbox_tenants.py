@@ -49,7 +49,7 @@ import pytest_asyncio
 
 from sandbox.executor import ExecutionResult, ExecutionStatus
 from sandbox.executors import DockerExecutor
-from tests.test_sandbox_docker import (
+from tests.support.docker import (
     GVISOR_LIMITS,
     IMAGE,
     LIMITS,

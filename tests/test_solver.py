@@ -9,34 +9,16 @@ import pytest
 
 from bench.reference_schedule import solve_with_step_barrier
 from sandbox.executors import LocalExecutor
-from service.answers import AnswerMode
 from service.engines.base import EngineError
 from service.solver import (
     CandidateStatus,
     ExecutionMode,
-    SolveConfig,
     Solver,
     derive_seed,
 )
 from service.tir import OUTPUT_MARKER, TRUNCATION_SUFFIX
 from tests.support.doubles import ScriptedEngine, parse_request_id
-
-PROBLEM = "What is 6 times 7?"
-
-
-def code(source: str) -> str:
-    return f"Let me compute it.\n```python\n{source}\n```\n{OUTPUT_MARKER}"
-
-
-def boxed(answer: str) -> str:
-    return f"So the answer is $\\boxed{{{answer}}}$."
-
-
-def config(**overrides) -> SolveConfig:
-    values = dict(
-        num_samples=1, max_new_tokens=256, answer_mode=AnswerMode.AIMO, deadline_s=60.0, seed=1234, early_stop=False
-    )
-    return SolveConfig(**(values | overrides))
+from tests.support.solving import PROBLEM, boxed, code, config
 
 
 @pytest.fixture

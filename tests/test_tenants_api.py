@@ -23,9 +23,9 @@ from sandbox.backends import DockerLimits
 from sandbox.executors import DockerExecutor
 from service.api.app import create_app
 from service.settings import Settings
+from tests.support.docker import IMAGE, containers_of, require_docker
 from tests.support.doubles import ScriptedEngine
 from tests.support.servers import serve_in_thread
-from tests.test_sandbox_docker import IMAGE, containers_of, require_docker
 
 SECRET = f"honest-{uuid.uuid4().hex}"
 HONEST_PROBLEM = "HONEST: what is six times seven?"

@@ -30,10 +30,10 @@ import pytest
 
 from service.tir import NUMINA_PROMPT_TEMPLATE
 from tests.faults.harness import Service, containers_of, demo_service_env, running_service, wait_until
+from tests.support.docker import require_docker
 from tests.support.fault_report import record
 from tests.support.servers import free_port
 from tests.support.tiny_model import VLLM_CPU_ENV, require_vllm
-from tests.test_sandbox_docker import require_docker
 
 SLOW_PROBLEM = "What is 9^9^9?"
 QUICK_PROBLEM, QUICK_ANSWER = "What is 2^10 - 1?", "1023"

@@ -26,9 +26,9 @@ import pytest
 
 from sandbox.backends.owners import LABEL_POOL
 from tests.faults.harness import Service, demo_service_env, running_service, wait_until
+from tests.support.docker import require_docker
 from tests.support.fault_report import record
 from tests.support.tiny_model import require_vllm
-from tests.test_sandbox_docker import require_docker
 
 POOL = "sctir-fault-sandbox"
 SLOW_PROBLEM = "What is 9^9^9?"
