@@ -81,10 +81,18 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 384) -> PreTrainedTo
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )
-    # Ordinary added tokens (not special): they stay in decoded text, as NuminaMath's markers do.
-    fast.add_tokens([PROBLEM_PREFIX, SOLUTION_PREFIX])
-    fast.chat_template = NUMINA_CHAT_TEMPLATE
+    add_prompt_format(fast)
     return fast
+
+
+def add_prompt_format(tokenizer: PreTrainedTokenizerBase) -> None:
+    """The prompt's markers as added tokens and the served chat template, as NuminaMath's tokenizer has them.
+
+    Ordinary added tokens, not special ones: they stay in decoded text, as NuminaMath's markers do,
+    and the prompt's trailing space tokenizes the same in training and serving.
+    """
+    tokenizer.add_tokens([PROBLEM_PREFIX, SOLUTION_PREFIX])
+    tokenizer.chat_template = NUMINA_CHAT_TEMPLATE
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path, probes: Sequence[str]) -> PreTrainedTokenizerBase:

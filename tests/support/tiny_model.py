@@ -23,10 +23,10 @@ import random
 from pathlib import Path
 
 from service.engines.vllm_local import VllmOptions
-from service.tir import NUMINA_CHAT_TEMPLATE, PROBLEM_PREFIX, SOLUTION_PREFIX
+from service.tir import PROBLEM_PREFIX, SOLUTION_PREFIX
 from tests.support.constrained import PROSE, ConstrainedVllmEngine
 from training.evaluate import VLLM_CPU_ENV as CHECKPOINT_VLLM_CPU_ENV
-from training.scratch import ModelShape, random_qwen2, train_bpe
+from training.scratch import ModelShape, add_prompt_format, random_qwen2, train_bpe
 
 # Bump when the output changes, so caches keyed on it are rebuilt.
 BUILD_VERSION = 1
@@ -83,9 +83,7 @@ def build_tokenizer(path: Path, *, vocab_size: int = 1024, seed: int = 0):
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )
-    # Ordinary (not special) added tokens: they stay in decoded text, like NuminaMath's markers.
-    fast.add_tokens([PROBLEM_PREFIX, SOLUTION_PREFIX])
-    fast.chat_template = NUMINA_CHAT_TEMPLATE
+    add_prompt_format(fast)
     fast.save_pretrained(path)
     return fast
 
