@@ -1,4 +1,5 @@
-"""The import rule between product code, test support, bench and tests (tests/support/__init__.py)."""
+"""The import rules: one way between product code, test support, bench and tests
+(tests/support/__init__.py), and no cycle between the files of product code, bench and test support."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def imported_modules(path: Path) -> set[str]:
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)  # a name may be a module
     return modules
 
 
@@ -66,3 +68,41 @@ def test_no_module_imports_a_test_module() -> None:
         if module.split(".")[-1].startswith("test_") and module.startswith("tests.")
     ]
     assert found == []
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def test_no_import_cycle_between_files() -> None:
+    """Imports at any depth count: a cycle through a function-level import is still a cycle."""
+    paths = {
+        module_name(p): p for folder in (*PRODUCT, "bench", "tests/support") for p in (ROOT / folder).rglob("*.py")
+    }
+
+    def resolve(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {
+        module: {target for name in imported_modules(path) if (target := resolve(name)) not in (None, module)}
+        for module, path in paths.items()
+    }
+    cycles = []
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once explored
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join([*trail[trail.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
