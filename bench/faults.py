@@ -40,8 +40,8 @@ def markdown(rows: list[dict], returncode: int) -> str:
         "## Reliability: fault injection (bench/faults.py)",
         "",
         "Command: `python -m bench.faults --write` (runs tests/faults/: the real service as a process, vLLM",
-        "on CPU with the demo model, the Docker sandbox, real HTTP; 2 cores). Recovery: from the fault to",
-        "the service answering correctly again with nothing left over"
+        f"on CPU with the demo model, the Docker sandbox, real HTTP; {os.cpu_count()} cores). Recovery: from the",
+        "fault to the service answering correctly again with nothing left over"
         + ("." if returncode == 0 else f" (**pytest exited {returncode}: some scenarios failed**)."),
         "",
         "| scenario | the client gets | left running or held afterwards | recovery (s) |",

