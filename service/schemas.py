@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFun
 from service.answers import AnswerMode
 from service.settings import Settings
 from service.solver import (
+    Candidate,
     CandidateStatus,
     DeadlineSeconds,
     MaxNewTokens,
@@ -108,6 +109,12 @@ class CandidateSummary(BaseModel):
     completion_tokens: int
     text: str | None = Field(None, description="The full completion (only with return_traces).")
 
+    @classmethod
+    def of(cls, candidate: Candidate, traces: bool) -> CandidateSummary:
+        """The candidate's fields of the same names; its text only when the client asked for traces."""
+        summary = cls.model_validate(candidate, from_attributes=True)
+        return summary if traces else summary.model_copy(update={"text": None})
+
 
 class Timings(BaseModel):
     total_s: float = Field(description="Wall time of the request, queueing included.")
@@ -147,22 +154,7 @@ class SolveResponse(BaseModel):
             seed=result.seed,
             stopped_early=result.stopped_early,
             deadline_hit=result.deadline_hit,
-            candidates=[
-                CandidateSummary(
-                    index=c.index,
-                    status=c.status,
-                    steps=c.steps,
-                    restarts=c.restarts,
-                    executions=c.executions,
-                    answer=c.answer,
-                    vote=c.vote,
-                    error=c.error,
-                    prompt_tokens=c.prompt_tokens,
-                    completion_tokens=c.completion_tokens,
-                    text=c.text if traces else None,
-                )
-                for c in result.candidates
-            ],
+            candidates=[CandidateSummary.of(c, traces) for c in result.candidates],
             timings=Timings(
                 total_s=result.total_s + queue_s,
                 queue_s=queue_s,
