@@ -14,10 +14,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from service.engines.base import EngineStalled
+from service.engines.base import READY_TIMEOUT_S, EngineStalled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +41,18 @@ class Progress:
     def quiet_s(self) -> float:
         """Seconds since the engine last made progress (inf: never)."""
         return time.monotonic() - self._last
+
+    async def alive(self, ping: Callable[[], Awaitable[bool]]) -> bool:
+        """Tokens flowed within READY_TIMEOUT_S, or `ping()` answers True within it; False on any error.
+
+        The ping's wait is bounded: a stopped engine (or server) accepts it and never answers.
+        """
+        if self.quiet_s() < READY_TIMEOUT_S:
+            return True
+        try:
+            return await asyncio.wait_for(ping(), READY_TIMEOUT_S)
+        except Exception:
+            return False
 
     async def guard(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """The result of `step()`, or EngineStalled once the engine has been silent for stall_s since it began.

@@ -19,14 +19,7 @@ from typing import Any
 
 import httpx
 
-from service.engines.base import (
-    DEFAULT_STALL_S,
-    READY_TIMEOUT_S,
-    ContextExhausted,
-    EngineError,
-    StepRequest,
-    StepResult,
-)
+from service.engines.base import DEFAULT_STALL_S, ContextExhausted, EngineError, StepRequest, StepResult
 from service.engines.inflight import InFlight
 from service.engines.progress import Progress
 from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
@@ -91,7 +84,7 @@ class RemoteEngine:
                 timeout=httpx.Timeout(self._timeout_s, connect=_CONNECT_TIMEOUT_S, pool=None),
             )
         try:
-            served = await self._served_models(timeout=None)
+            served = await self._served_models()
         except EngineError as exc:
             raise EngineError(
                 f"cannot list the models of {self._base_url} (looking for model {self._model!r}): {exc}"
@@ -101,14 +94,11 @@ class RemoteEngine:
         self._max_model_len = served[self._model]
 
     async def ready(self) -> bool:
-        """Tokens streamed within the last second, or a GET /models that lists our model within
-        READY_TIMEOUT_S (a stopped server accepts the connection and never answers); False on any error."""
-        if self._progress.quiet_s() < READY_TIMEOUT_S:
-            return True
-        try:
-            return self._model in await self._served_models(timeout=READY_TIMEOUT_S)
-        except Exception:
-            return False
+        """Tokens streamed within the last second, or a GET /models that lists our model in time."""
+        return await self._progress.alive(self._serves_model)
+
+    async def _serves_model(self) -> bool:
+        return self._model in await self._served_models()
 
     def format_prompt(self, problem: str) -> str:
         """The configured template filled in: the server's tokenizer is out of reach."""
@@ -199,11 +189,9 @@ class RemoteEngine:
             await self._client.aclose()
             self._client = None
 
-    async def _served_models(self, timeout: float | None) -> dict[str, int | None]:
-        """The model ids from GET /models, with the context length vLLM lists (None from other servers);
-        timeout=None uses the client's timeouts."""
-        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        data = await self._request_json("GET", f"{self._base_url}/models", **kwargs)
+    async def _served_models(self) -> dict[str, int | None]:
+        """The model ids from GET /models, with the context length vLLM lists (None from other servers)."""
+        data = await self._request_json("GET", f"{self._base_url}/models")
         try:
             return {str(entry["id"]): entry.get("max_model_len") for entry in data["data"]}
         except (KeyError, TypeError) as exc:

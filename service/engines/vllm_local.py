@@ -21,14 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.engines.base import (
-    DEFAULT_STALL_S,
-    READY_TIMEOUT_S,
-    ContextExhausted,
-    EngineError,
-    StepRequest,
-    StepResult,
-)
+from service.engines.base import DEFAULT_STALL_S, ContextExhausted, EngineError, StepRequest, StepResult
 from service.engines.inflight import InFlight
 from service.engines.progress import Progress
 from service.tir import NUMINA_PROMPT_TEMPLATE, format_prompt
@@ -167,19 +160,18 @@ class VllmEngine:
         """Started, not dead, and answering: tokens flowed within the last second, or the engine core
         answers a ping within READY_TIMEOUT_S.
 
-        vLLM's own check (errored) only sees a core that exited: a stopped or hung one looked ready.
+        vLLM's own check (errored) only sees a core that exited: a stopped or hung one would look ready.
         The ping is a round trip to the core, which answers between two of its engine steps.
         """
         engine = self._engine
         if engine is None or engine.errored:
             return False
-        if self._progress.quiet_s() < READY_TIMEOUT_S:
+
+        async def ping() -> bool:
+            await engine.is_sleeping()  # answered at all: the core is alive, asleep or not
             return True
-        try:
-            await asyncio.wait_for(engine.is_sleeping(), READY_TIMEOUT_S)
-        except Exception:  # TimeoutError, or the engine died meanwhile
-            return False
-        return True
+
+        return await self._progress.alive(ping)
 
     async def close(self) -> None:
         """Abort what is in flight and shut the engine (and its core process) down."""
