@@ -452,6 +452,7 @@ async def main(args: argparse.Namespace) -> int:
             console.print("[yellow]llm-sandbox is not installed (pip install 'llm-sandbox[docker]'): skipped")
             executors.remove("llm-sandbox")
     rows = []
+    pool_note = None
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -478,6 +479,8 @@ async def main(args: argparse.Namespace) -> int:
                     )
             finally:
                 await close()
+            if name == "pool":  # measured right after its rows, on the machine as they found it
+                pool_note = pool_prose(args, await container_start_s(args), await runner_costs(args))
     table = Table(title=f"{len(blocks)} ToRA blocks")
     for column in ("executor", "concurrency", "p50 ms", "p95 ms", "exec/s", "fidelity"):
         table.add_column(column, justify="right")
@@ -493,9 +496,6 @@ async def main(args: argparse.Namespace) -> int:
     console.print(table)
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     command = "python -m bench.sandbox " + " ".join(sys.argv[1:])
-    pool_note = None
-    if "pool" in executors:
-        pool_note = pool_prose(args, await container_start_s(args), await runner_costs(args))
     text = markdown_table(rows, command.strip(), len(blocks), machine, pool_note)
     if args.write:
         write_section(text)
