@@ -13,14 +13,18 @@ PRODUCT = ("service", "sandbox", "training")
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every module `path` imports, at any depth (imports inside functions count)."""
+    """Every module `path` imports, at any depth (imports inside functions count); a relative import is
+    resolved against the package of `path` (the sandbox runner's modules import each other that way)."""
+    package = module_name(path).split(".")[: None if path.name == "__init__.py" else -1]
     modules: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            modules.add(node.module)
-            modules.update(f"{node.module}.{alias.name}" for alias in node.names)  # a name may be a module
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            modules.add(module)
+            modules.update(f"{module}.{alias.name}" for alias in node.names)  # a name may be a module
     return modules
 
 
@@ -106,3 +110,8 @@ def test_no_import_cycle_between_files() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_relative_imports_count_against_their_package() -> None:
+    modules = imported_modules(ROOT / "sandbox" / "runner" / "zygote.py")
+    assert any(m.startswith("sandbox.runner.") for m in modules), modules
