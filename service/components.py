@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sandbox.executor import Executor
 from sandbox.executors import LocalExecutor
@@ -48,6 +48,25 @@ def docker_limits(settings: Settings) -> DockerLimits:
     from sandbox.backends import DockerLimits
 
     return from_settings(settings, DockerLimits, "sandbox_", pids="sandbox_pids_limit")
+
+
+class Components(NamedTuple):
+    """What a solve needs, and the settings it runs with (the chosen engine's request defaults included)."""
+
+    settings: Settings
+    engine: Engine
+    executor: Executor
+
+
+def build(settings: Settings, engine: Engine | None = None, executor: Executor | None = None) -> Components:
+    """The engine and executor given, or those the settings (and this machine, see service.machine) call for.
+
+    The API, `sctir solve` in process and the evaluation's in-process backend all start this way; when the engine
+    is built here the settings returned carry its defaults (e.g. the demo model's answer mode and context).
+    """
+    if engine is None:
+        settings = choose(settings)
+    return Components(settings, engine or make_engine(settings), executor or make_executor(settings))
 
 
 def make_engine(settings: Settings) -> Engine:

@@ -20,10 +20,9 @@ from service.api.middleware import (
 )
 from service.api.routes import add_routes
 from service.api.state import Collaborators
-from service.components import make_engine, make_executor
+from service.components import build
 from service.engines.base import Engine
 from service.engines.vllm_local import VllmEngine
-from service.machine import choose
 from service.metrics import Metrics
 from service.settings import Settings
 from service.solver import Solver
@@ -52,10 +51,7 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
 
 def collaborators_for(settings: Settings, engine: Engine | None, executor: Executor | None) -> Collaborators:
     """The engine and executor given (or those the settings and this machine call for), and what works with them."""
-    if engine is None:  # the engine and model this machine can serve, and their request defaults
-        settings = choose(settings)
-    engine = engine or make_engine(settings)
-    executor = executor or make_executor(settings)
+    settings, engine, executor = build(settings, engine, executor)
     metrics = Metrics()
     admission = Admission(settings.max_in_flight, settings.max_queue)
     metrics.track_queue(lambda: admission.in_flight, lambda: admission.queued)

@@ -8,7 +8,7 @@ import asyncio
 import signal
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from service.cli.progress import SolveProgress
 from service.exitcodes import ExitCode
 from service.schemas import SolveRequest, SolveResponse
 from service.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.components import Components
 
 # HTTP status of /solve -> exit code and what to do
 HTTP_ERRORS: dict[int, tuple[ExitCode, str]] = {
@@ -88,14 +91,12 @@ async def solve_in_process(request: SolveRequest, settings: Settings, progress: 
     """One solve with the engine and executor the settings name (or the machine suits, see service.machine);
     SIGTERM ends it as Ctrl-C does."""
     from sandbox.executor import ExecutorError
-    from service.components import make_engine, make_executor
     from service.engines.base import EngineError
     from service.solver import Solver
     from service.solving import AllCandidatesFailed, solve_once
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
-    settings = choose_engine(settings)
-    engine, executor = make_engine(settings), make_executor(settings)
+    settings, engine, executor = build_components(settings)
     config = request.to_config(settings)
     try:
         try:
@@ -133,13 +134,14 @@ def _engine_hint(engine: object) -> str:
     return "check SCTIR_MODEL and the vLLM settings (--debug shows vLLM's traceback)"
 
 
-def choose_engine(settings: Settings) -> Settings:
-    """The settings with the engine and model chosen where unset, as `sctir serve` does; nothing to serve is
-    a usage error (its message says which setting to give)."""
-    from service.machine import NoModel, choose
+def build_components(settings: Settings) -> Components:
+    """The engine and executor the settings name (the engine and model chosen where unset, as `sctir serve`
+    does), with the settings they run with; nothing to serve is a usage error (its message says which setting)."""
+    from service.components import build
+    from service.machine import NoModel
 
     try:
-        return choose(settings)
+        return build(settings)
     except NoModel as error:
         raise CliError(ExitCode.USAGE, str(error)) from error
 

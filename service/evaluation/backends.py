@@ -41,12 +41,9 @@ class InProcessBackend:
     """The solver in this process, with the engine and executor given (or built from the settings)."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, executor: Executor | None = None) -> None:
-        from service.components import make_engine, make_executor
-        from service.machine import choose
+        from service.components import build
 
-        self.settings = settings if engine else choose(settings)  # the defaults of the engine it builds
-        self.engine = engine or make_engine(self.settings)
-        self.executor = executor or make_executor(self.settings)
+        self.settings, self.engine, self.executor = build(settings, engine, executor)
         self.solver = Solver(self.engine, self.executor)
         self.description = f"in-process (engine {type(self.engine).__name__}, executor {type(self.executor).__name__})"
 
