@@ -197,10 +197,8 @@ def examples(outcomes: list[Outcome], kind: str, count: int = 4) -> list[Outcome
 
 
 def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: float, seconds: float) -> str:
-    datasets = list(dict.fromkeys(o.sample.dataset for o in outcomes))
-    counts = {d: Counter(o.kind for o in outcomes if o.sample.dataset == d) for d in datasets}
-    totals = {d: sum(counts[d].values()) for d in datasets}
-    all_counts, total = Counter(o.kind for o in outcomes), len(outcomes)
+    """The section of BENCHMARKS.md: how the texts compare, by kind, with what both runs were."""
+    total = len(outcomes)
     past_cap = sum(o.only_past_cap for o in outcomes)
     wrapped = sum("print(" not in _last_line(o.sample.code) for o in outcomes)
     ref_failed = sum(o.reference_failed for o in outcomes)
@@ -227,14 +225,7 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
         "the other not), **cap** (the first 200 characters agree), **traceback** (both failed, the texts differ), "
         "**other** (both succeeded, the stdout differs).",
         "",
-        "| kind | " + " | ".join(f"{d} ({totals[d]} blocks)" for d in datasets) + f" | all ({total}) |",
-        "|---|" + "---:|" * (len(datasets) + 1),
-    ]
-    for kind in KINDS:
-        cells = [f"{counts[d][kind]} ({counts[d][kind] / totals[d]:.1%})" for d in datasets]
-        cells.append(f"{all_counts[kind]} ({all_counts[kind] / total:.1%})")
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += [
+        *kind_table(outcomes),
         "",
         f"Blocks whose last line the reference wraps in print() (no `print(` on it): {wrapped} of {total}. "
         f"Failed (error, timeout or signal): reference {ref_failed} ({ref_timeouts} timeouts), ours {our_failed} "
@@ -244,7 +235,32 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
         f"`` {json.dumps(our_block(''))} ``.",
         "",
         "Examples (texts before the cap, one line, escapes shown; code: the block's last line):",
+        *example_lines(outcomes),
+        SECTION_END,
     ]
+    return "\n".join(lines)
+
+
+def kind_table(outcomes: list[Outcome]) -> list[str]:
+    """How many blocks of each kind, per data set and in all (the Markdown table's lines)."""
+    datasets = list(dict.fromkeys(o.sample.dataset for o in outcomes))
+    counts = {d: Counter(o.kind for o in outcomes if o.sample.dataset == d) for d in datasets}
+    totals = {d: sum(counts[d].values()) for d in datasets}
+    all_counts, total = Counter(o.kind for o in outcomes), len(outcomes)
+    lines = [
+        "| kind | " + " | ".join(f"{d} ({totals[d]} blocks)" for d in datasets) + f" | all ({total}) |",
+        "|---|" + "---:|" * (len(datasets) + 1),
+    ]
+    for kind in KINDS:
+        cells = [f"{counts[d][kind]} ({counts[d][kind] / totals[d]:.1%})" for d in datasets]
+        cells.append(f"{all_counts[kind]} ({all_counts[kind] / total:.1%})")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def example_lines(outcomes: list[Outcome]) -> list[str]:
+    """A few examples of each kind of difference, so that a reader sees what each kind means."""
+    lines: list[str] = []
     for kind in KINDS[1:]:
         chosen = examples(outcomes, kind)
         if not chosen:
@@ -255,8 +271,7 @@ def markdown(outcomes: list[Outcome], command: str, machine: str, timeout_s: flo
                 f"- {o.sample.dataset} {o.sample.source}, code {_code(_short(_last_line(o.sample.code), 60))}: "
                 f"reference {_code(_short(o.reference))}; ours {_code(_short(o.ours))}"
             )
-    lines.append(SECTION_END)
-    return "\n".join(lines)
+    return lines
 
 
 def service_defaults() -> tuple[float, int]:

@@ -434,9 +434,8 @@ def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
+    """Run each executor over the ToRA blocks, show the results, and write (or print) BENCHMARKS.md's section."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     console = Console()
     path = data_dir() / TRACES
@@ -444,13 +443,37 @@ async def main(args: argparse.Namespace) -> int:
         console.print(f"[yellow]no ToRA traces at {path} (set SCTIR_DATA_DIR): nothing to benchmark")
         return 0
     blocks = load_tora_blocks(path)[: args.blocks]
-    executors = list(args.executors)
+    rows, pool_note = await measure(args, available(args.executors, console), blocks, console)
+    console.print(rich_table(rows, len(blocks)))
+    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    command = "python -m bench.sandbox " + " ".join(sys.argv[1:])
+    text = markdown_table(rows, command.strip(), len(blocks), machine, pool_note)
+    if args.write:
+        write_section(text)
+        console.print("BENCHMARKS.md updated")
+    else:
+        console.print(text)
+    return 0
+
+
+def available(executors: list[str], console) -> list[str]:
+    """The executors asked for, less llm-sandbox when it is not installed (an optional comparison)."""
+    executors = list(executors)
     if "llm-sandbox" in executors:
         try:
             import llm_sandbox  # noqa: F401
         except ImportError:
             console.print("[yellow]llm-sandbox is not installed (pip install 'llm-sandbox[docker]'): skipped")
             executors.remove("llm-sandbox")
+    return executors
+
+
+async def measure(
+    args: argparse.Namespace, executors: list[str], blocks: list[Block], console
+) -> tuple[list[dict], str | None]:
+    """One row per executor mode (latency, throughput, fidelity), and the pool's prose (pool_prose) if it ran."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     rows = []
     pool_note = None
     with Progress(
@@ -481,7 +504,14 @@ async def main(args: argparse.Namespace) -> int:
                 await close()
             if name == "pool":  # measured right after its rows, on the machine as they found it
                 pool_note = pool_prose(args, await container_start_s(args), await runner_costs(args))
-    table = Table(title=f"{len(blocks)} ToRA blocks")
+    return rows, pool_note
+
+
+def rich_table(rows: list[dict], blocks: int):
+    """The rows for the terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"{blocks} ToRA blocks")
     for column in ("executor", "concurrency", "p50 ms", "p95 ms", "exec/s", "fidelity"):
         table.add_column(column, justify="right")
     for row in rows:
@@ -493,16 +523,7 @@ async def main(args: argparse.Namespace) -> int:
             f"{row['throughput']:.1f}",
             f"{row['fidelity']:.1%}",
         )
-    console.print(table)
-    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-    command = "python -m bench.sandbox " + " ".join(sys.argv[1:])
-    text = markdown_table(rows, command.strip(), len(blocks), machine, pool_note)
-    if args.write:
-        write_section(text)
-        console.print("BENCHMARKS.md updated")
-    else:
-        console.print(text)
-    return 0
+    return table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ import socket
 import struct
 import sys
 import tempfile
+import types
 
 from . import program
 from .child import block_main, fresh_main, session_main, stdio
@@ -32,64 +33,14 @@ def spare_main(ctrl: socket.socket, opts) -> None:
     before that is a failed spawn to the hub. It confines itself (confine.py) before it
     takes a job: a block can write nothing but its own directory.
     """
-    # Modules are imported at the top, not here: an import statement in a spare, even of a module
-    # the zygote has, costs ~50 copy-on-write page faults (the first time; measured for atexit).
+    # Modules are imported at the top, not in these functions: an import statement in a spare, even
+    # of a module the zygote has, costs ~50 copy-on-write page faults (the first time; measured for atexit).
     try:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, opts.sigmask)  # the zygote blocks SIGCHLD and SIGIO
-        job_r, job_w = os.pipe()
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        name = os.urandom(12).hex()
-        workdir = os.path.join(opts.workroot, name)
-        os.mkdir(workdir, 0o700)  # fails if it exists: nobody can have prepared it
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, FOUR_FDS.pack(job_w, res_r, out_r, err_r))]
-        ctrl.sendmsg([b'{"pid":%d,"dir":"%s"}' % (os.getpid(), name.encode())], rights)  # socket.send_fds
-        ctrl.detach()  # the socket object must not close a reused fd number later
-        os.setsid()  # own session and process group: killed as a whole
-        devnull = os.open(os.devnull, os.O_RDWR)
-        # Out of the way first (fds >= 64), then into place; 3 (jobs) and 4 (results): close-on-exec.
-        high = fcntl.fcntl(devnull, F_DUPFD, 64), fcntl.fcntl(out_w, F_DUPFD, 64), fcntl.fcntl(err_w, F_DUPFD, 64)
-        job_r, res_w = fcntl.fcntl(job_r, F_DUPFD, 64), fcntl.fcntl(res_w, F_DUPFD, 64)
-        os.dup2(high[0], 0)
-        os.dup2(high[1], 1)
-        os.dup2(high[2], 2)
-        os.dup2(job_r, 3, inheritable=False)
-        os.dup2(res_w, 4, inheritable=False)
-        if not opts.confinement.enter(workdir):  # before the close: it uses the zygote's O_PATH descriptors
-            os._exit(71)  # the zygote found Landlock available: never run a block without it
-        os.closerange(5, opts.max_fd)  # every other fd: the hub socket, the hub's ends of the pipes, those
-        try:  # out of memory: kill an execution, never the hub or the zygote
-            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            try:
-                os.write(fd, b"1000")
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-        os.chdir(workdir)
-        for variable in ("HOME", "TMPDIR", "MPLCONFIGDIR"):  # scratch space: the only place it can write
-            os.environ[variable] = workdir
-        tempfile.tempdir = workdir
-        reseed()
-        # Everything that does not depend on the code, done before it arrives: a fresh __main__,
-        # the interpreter's stdio on our pipes, and one pass through the parse/compile machinery
-        # (its pages are then this process's own, not copy-on-write faults on the critical path).
-        filename = workdir + "/tmp.py"
-        if _MAIN:  # made by the zygote, never used there
-            main = _MAIN[0]
-            main.__dict__["__file__"] = filename
-            sys.modules["__main__"] = main
-        else:
-            main = fresh_main(filename)
-        sys.argv = [filename]  # sys.path stays the zygote's: no directory a block can write is on it
-        if _STDIO:  # made by the zygote, never used there: unwritten, as if new
-            sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[:3]
-        else:
-            sys.stdin = sys.__stdin__ = stdio(0, "r", "strict")
-            sys.stdout = sys.__stdout__ = stdio(1, "w", "strict")
-            sys.stderr = sys.__stderr__ = stdio(2, "w", "backslashreplace", line_buffering=True)
-        compile(program.block_program("x = [1, 2.5, 'a']\nx"), "<warm>", "exec", dont_inherit=True)
+        workdir, job_r, res_w, out_w, err_w = _announce(ctrl, opts)
+        _isolate(opts, workdir, job_r, res_w, out_w, err_w)
+        _scratch(workdir)
+        filename, main = _block_setting(workdir)
         job = read_job(3)
         if job is None:  # the hub closed our job pipe: retired
             shutil.rmtree(workdir, ignore_errors=True)
@@ -101,6 +52,85 @@ def spare_main(ctrl: socket.socket, opts) -> None:
             block_main(job, workdir, filename, main)
     finally:
         os._exit(70)
+
+
+def _announce(ctrl: socket.socket, opts) -> tuple[str, int, int, int, int]:
+    """Make the working directory and the four pipes, and hand the hub its ends; the spare's own ends returned.
+
+    Returns the directory and the spare's ends: job (read), result, stdout, stderr (write).
+    """
+    job_r, job_w = os.pipe()
+    res_r, res_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    name = os.urandom(12).hex()
+    workdir = os.path.join(opts.workroot, name)
+    os.mkdir(workdir, 0o700)  # fails if it exists: nobody can have prepared it
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, FOUR_FDS.pack(job_w, res_r, out_r, err_r))]
+    ctrl.sendmsg([b'{"pid":%d,"dir":"%s"}' % (os.getpid(), name.encode())], rights)  # socket.send_fds
+    ctrl.detach()  # the socket object must not close a reused fd number later
+    return workdir, job_r, res_w, out_w, err_w
+
+
+def _isolate(opts, workdir: str, job_r: int, res_w: int, out_w: int, err_w: int) -> None:
+    """Own session, the spare's fds in place and no other, confined: nothing a block can reach beyond its own.
+
+    fds 0-2: /dev/null and the stdout and stderr pipes; 3: jobs, 4: results (both close-on-exec).
+    """
+    os.setsid()  # own session and process group: killed as a whole
+    devnull = os.open(os.devnull, os.O_RDWR)
+    # Out of the way first (fds >= 64), then into place.
+    high = fcntl.fcntl(devnull, F_DUPFD, 64), fcntl.fcntl(out_w, F_DUPFD, 64), fcntl.fcntl(err_w, F_DUPFD, 64)
+    job_r, res_w = fcntl.fcntl(job_r, F_DUPFD, 64), fcntl.fcntl(res_w, F_DUPFD, 64)
+    os.dup2(high[0], 0)
+    os.dup2(high[1], 1)
+    os.dup2(high[2], 2)
+    os.dup2(job_r, 3, inheritable=False)
+    os.dup2(res_w, 4, inheritable=False)
+    if not opts.confinement.enter(workdir):  # before the close: it uses the zygote's O_PATH descriptors
+        os._exit(71)  # the zygote found Landlock available: never run a block without it
+    os.closerange(5, opts.max_fd)  # every other fd: the hub socket, the hub's ends of the pipes, those
+    try:  # out of memory: kill an execution, never the hub or the zygote
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _scratch(workdir: str) -> None:
+    """The working directory as the only place to write (cwd, HOME, temporary files), and fresh randomness."""
+    os.chdir(workdir)
+    for variable in ("HOME", "TMPDIR", "MPLCONFIGDIR"):  # scratch space: the only place it can write
+        os.environ[variable] = workdir
+    tempfile.tempdir = workdir
+    reseed()
+
+
+def _block_setting(workdir: str) -> tuple[str, types.ModuleType]:
+    """Everything that does not depend on the code, done before it arrives; the block's filename and __main__.
+
+    A fresh __main__, the interpreter's stdio on our pipes, and one pass through the parse/compile
+    machinery (its pages are then this process's own, not copy-on-write faults on the critical path).
+    """
+    filename = workdir + "/tmp.py"
+    if _MAIN:  # made by the zygote, never used there
+        main = _MAIN[0]
+        main.__dict__["__file__"] = filename
+        sys.modules["__main__"] = main
+    else:
+        main = fresh_main(filename)
+    sys.argv = [filename]  # sys.path stays the zygote's: no directory a block can write is on it
+    if _STDIO:  # made by the zygote, never used there: unwritten, as if new
+        sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _STDIO[:3]
+    else:
+        sys.stdin = sys.__stdin__ = stdio(0, "r", "strict")
+        sys.stdout = sys.__stdout__ = stdio(1, "w", "strict")
+        sys.stderr = sys.__stderr__ = stdio(2, "w", "backslashreplace", line_buffering=True)
+    compile(program.block_program("x = [1, 2.5, 'a']\nx"), "<warm>", "exec", dont_inherit=True)
+    return filename, main
 
 
 def max_fd() -> int:

@@ -35,6 +35,11 @@ np.arange(10).sum(); np.linalg.det(np.eye(3)); np.array([1.5]).round(); math.gcd
 
 
 def zygote_main(opts) -> None:
+    """The zygote's life: harden, import and warm up, report ready, then only fork. Never returns.
+
+    The order is the point: everything the spares share is made before gc.freeze() and
+    huge_pages(), so that it sits, frozen, on the pages the spares inherit.
+    """
     ctrl = socket.socket(fileno=3)  # SOCK_SEQPACKET to the hub
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != opts.hub_pid:  # the hub died before the line above
@@ -43,24 +48,8 @@ def zygote_main(opts) -> None:
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")  # no BLAS thread pools: they would not survive a fork
     started = time.monotonic()
-    preloaded: list[str] = []
     try:
-        import importlib
-
-        for name in ("numpy", "sympy"):
-            importlib.import_module(name)
-        for name in filter(None, opts.preload.split(",")):
-            try:
-                importlib.import_module(name)
-                preloaded.append(name)
-            except ImportError:
-                pass
-        namespace: dict = {}
-        exec(compile(program.PREAMBLE, "<preamble>", "exec", dont_inherit=True), namespace)
-        if opts.warmup:
-            exec(compile(WARMUP, "<warmup>", "exec", dont_inherit=True), namespace)
-        del namespace
-        reseed()  # the first numpy seeding costs milliseconds (lazy set-up): pay it here, once
+        preloaded = _preload(opts)
     except BaseException as error:  # reported to the hub, which reports it to the host
         ctrl.send(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"}).encode())
         os._exit(1)
@@ -75,7 +64,38 @@ def zygote_main(opts) -> None:
     gc.collect()
     gc.freeze()  # children's collections then never touch (and copy) the zygote's pages
     made = huge_pages()
-    ready = {
+    _serve_forever(ctrl, opts, _ready_report(opts, started, preloaded, made, versions))
+
+
+def _preload(opts) -> list[str]:
+    """Import and warm up, once, what every spare would otherwise pay for; the optional preloads imported.
+
+    numpy and sympy are required (an ImportError propagates: the zygote is then not ready);
+    the names in opts.preload are optional, and only those that imported are returned.
+    """
+    import importlib
+
+    for name in ("numpy", "sympy"):
+        importlib.import_module(name)
+    preloaded: list[str] = []
+    for name in filter(None, opts.preload.split(",")):
+        try:
+            importlib.import_module(name)
+            preloaded.append(name)
+        except ImportError:
+            pass
+    namespace: dict = {}
+    exec(compile(program.PREAMBLE, "<preamble>", "exec", dont_inherit=True), namespace)
+    if opts.warmup:
+        exec(compile(WARMUP, "<warmup>", "exec", dont_inherit=True), namespace)
+    del namespace
+    reseed()  # the first numpy seeding costs milliseconds (lazy set-up): pay it here, once
+    return preloaded
+
+
+def _ready_report(opts, started: float, preloaded: list[str], made: int, versions: dict[str, str]) -> dict:
+    """What the hub passes on to the host: the start-up cost and what a block runs with and in."""
+    return {
         "ready": True,
         "import_s": round(time.monotonic() - started, 3),
         "preloaded": preloaded,
@@ -85,12 +105,18 @@ def zygote_main(opts) -> None:
         # A module search path entry that a block could write to would let it plant code for later blocks.
         "writable_path": [path for path in sys.path if os.path.isdir(path) and os.access(path, os.W_OK)],
     }
-    # From here on the zygote only forks, and every page it writes after a fork is a copy-on-write
-    # fault that also splits the 2 MiB page around it for good (making every later fork dearer):
-    # so its loop is as small as it can be. A spare makes its own pipes and announces itself to
-    # the hub. The loop waits in sigwaitinfo() for SIGCHLD (a spare exited) or SIGIO (a request
-    # on the hub socket), both blocked (pending until taken, none lost): no Python signal
-    # handler, no select() lists, no wakeup pipe. Spares restore the signal mask.
+
+
+def _serve_forever(ctrl: socket.socket, opts, ready: dict) -> None:
+    """Arm the wake-up signals, report ready, then fork spares on request and report their exits. Never returns.
+
+    From here on the zygote only forks, and every page it writes after a fork is a copy-on-write
+    fault that also splits the 2 MiB page around it for good (making every later fork dearer):
+    so its loop is as small as it can be. A spare makes its own pipes and announces itself to
+    the hub. The loop waits in sigwaitinfo() for SIGCHLD (a spare exited) or SIGIO (a request
+    on the hub socket), both blocked (pending until taken, none lost): no Python signal
+    handler, no select() lists, no wakeup pipe. Spares restore the signal mask.
+    """
     events = {SIGCHLD, SIGIO}
     opts.sigmask = _signal.pthread_sigmask(_signal.SIG_BLOCK, events)
     fd = ctrl.fileno()
