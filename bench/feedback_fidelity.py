@@ -50,7 +50,7 @@ from bench.reference_executor import (
     reference_program,
 )
 from bench.sandbox import TRACES, data_dir, write_section
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.execution import ExecutionResult, ExecutionStatus
 
 CORPUS = "tora_corpus_examples.jsonl"
 NOTEBOOK_BLOCK = re.compile(r"```python(.*?)```", re.DOTALL)  # execute_completion's regex

@@ -81,7 +81,7 @@ preparation (sandbox.runner.program) or anything of service/: `reference_program
 (3), `reference_munge_stderr` (6), `reference_feedback` (the text of 5-7,
 BEFORE the cap), `reference_truncate` / `reference_output_block` (8), and
 `ReferenceExecutor`, the async executor with the Executor interface
-(sandbox/executor.py; its ExecutionResult.feedback is the
+(sandbox/execution.py; its ExecutionResult.feedback is the
 text before the cap; an empty munged traceback stays empty).
 
 Where this reimplementation differs from the notebook, on purpose, without
@@ -108,7 +108,7 @@ import sys
 import tempfile
 import time
 
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.execution import ExecutionResult, ExecutionStatus
 
 REFERENCE_PREAMBLE = "import math\nimport numpy as np\nimport sympy as sp\n"
 REFERENCE_TIMEOUT_S = 5  # PythonREPL(timeout=5); an int, as signal.alarm() needs
@@ -209,7 +209,7 @@ def reference_feedback(code: str, python: str = sys.executable, timeout_s: int |
 class ReferenceExecutor:
     """Runs each block as the notebook's PythonREPL does, in a fresh interpreter (last_block only).
 
-    The Executor interface (sandbox/executor.py: start, ready, execute,
+    The Executor interface (sandbox/execution.py: start, ready, execute,
     close_session, release, close). A result's `feedback` is reference_feedback()'s text
     (before the cap): OK -> the stripped stdout; ERROR/KILLED -> the munged stderr (possibly
     empty); TIMEOUT -> "Timed out after 5 seconds.".

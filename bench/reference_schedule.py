@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sandbox.executor import Executor
+from sandbox.execution import Executor
 from service.engines.base import Engine
 from service.solver import Action, Candidate, SolveConfig, SolveResult, derive_seed
 from service.tir import last_code_block

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.execution import ExecutionResult, ExecutionStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = "tora70b_gsm8k_traces.jsonl"

@@ -86,7 +86,7 @@ class LocalExecutor(SandboxPool):
     longer happens per block). At most `concurrency` blocks execute at once.
     Every failure of the code is an ExecutionResult; failures of the executor
     itself (e.g. a missing interpreter, a runner that cannot import numpy)
-    raise ExecutorError (see sandbox/executor.py).
+    raise ExecutorError (see sandbox/execution.py).
     """
 
     def __init__(

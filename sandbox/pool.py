@@ -1,4 +1,4 @@
-"""SandboxPool: warm runners (sandbox/runner/) behind one Executor (sandbox/executor.py).
+"""SandboxPool: warm runners (sandbox/runner/) behind one Executor (sandbox/execution.py).
 
 A *slot* is one runner and the framed connection to it (sandbox/connection.py),
 started by a backend (sandbox/backends/): a hardened Docker container, or a plain
@@ -45,7 +45,7 @@ import time
 
 from sandbox.backends import Backend, SandboxUnavailable, Slot
 from sandbox.connection import RunnerLost
-from sandbox.executor import ExecutionResult, ExecutionStatus, ExecutorError
+from sandbox.execution import ExecutionResult, ExecutionStatus, ExecutorError
 from sandbox.runner.wire import RESET_NOTE
 from sandbox.slots import FRESH_S, KEEPALIVE_S, WarmSlots
 
@@ -53,7 +53,7 @@ LATE_S = 1.0  # a block's result this long past its timeout is late: its runner 
 
 
 class SandboxPool(WarmSlots):
-    """Warm runners behind the Executor protocol (see sandbox/executor.py).
+    """Warm runners behind the Executor protocol (see sandbox/execution.py).
 
     Each slot runs at most `concurrency` executions at once and keeps that
     many spares forked ahead of demand; a session sticks to the slot of its

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from sandbox.executor import Executor
+from sandbox.execution import Executor
 from sandbox.executors import LocalExecutor
 from service.engines.base import Engine
 from service.engines.remote import RemoteEngine

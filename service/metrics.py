@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.execution import ExecutionResult, ExecutionStatus
 from service.solver import CandidateStatus, SolveResult
 
 SOLVE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600)

@@ -34,7 +34,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.executor import ExecutionResult, Executor, ExecutorError
+from sandbox.execution import ExecutionResult, Executor, ExecutorError
 from service.answers import AnswerMode, Ballot, read_answer
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
 from service.tir import (

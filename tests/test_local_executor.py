@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.executor import ExecutionStatus, Executor, ExecutorError
+from sandbox.execution import ExecutionStatus, Executor, ExecutorError
 from sandbox.executors import LocalExecutor
 from sandbox.runner.program import PREAMBLE, block_program, trim_traceback, with_auto_print
 

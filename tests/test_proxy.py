@@ -28,7 +28,7 @@ import pytest_asyncio
 import yaml
 
 from sandbox.backends.owners import LABEL_POOL
-from sandbox.executor import ExecutionStatus, ExecutorError
+from sandbox.execution import ExecutionStatus, ExecutorError
 from sandbox.executors import DockerExecutor
 from sandbox.slots import KEEPALIVE_S
 from tests.support.docker import IMAGE, LIMITS, require_docker, unavailable

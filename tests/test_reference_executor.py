@@ -21,7 +21,7 @@ from bench.reference_executor import (
     reference_program,
     reference_truncate,
 )
-from sandbox.executor import ExecutionStatus
+from sandbox.execution import ExecutionStatus
 
 MISSING = [name for name in ("numpy", "sympy") if importlib.util.find_spec(name) is None]
 needs_packages = pytest.mark.skipif(

@@ -203,7 +203,7 @@ class _NoExecutor:
     """Every block prints 42: these tests are about the step rules, not the sandbox."""
 
     async def execute(self, code: str, session_id: str | None = None, tenant: str | None = None):
-        from sandbox.executor import ExecutionResult, ExecutionStatus
+        from sandbox.execution import ExecutionResult, ExecutionStatus
 
         return ExecutionResult(ExecutionStatus.OK, "42\n", "", 0.0)
 

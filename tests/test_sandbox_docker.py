@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from sandbox.backends import SandboxUnavailable
 from sandbox.backends.owners import LABEL_POOL
-from sandbox.executor import ExecutionResult, ExecutionStatus, Executor, ExecutorError
+from sandbox.execution import ExecutionResult, ExecutionStatus, Executor, ExecutorError
 from sandbox.executors import DockerExecutor
 from tests.support.docker import (
     GVISOR_LIMITS,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.backends import DockerLimits, SandboxUnavailable
-from sandbox.executor import Executor, ExecutorError
+from sandbox.execution import Executor, ExecutorError
 from sandbox.executors import DockerExecutor, LocalExecutor
 from service.solver import CandidateStatus, ExecutionMode, Solver
 from tests.support.docker import unavailable

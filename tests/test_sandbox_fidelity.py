@@ -24,7 +24,7 @@ import pytest
 from bench.feedback_fidelity import Sample, classify
 from bench.reference_executor import ReferenceExecutor
 from bench.sandbox import data_dir, load_tora_blocks, outcome_matches
-from sandbox.executor import ExecutionResult
+from sandbox.execution import ExecutionResult
 from sandbox.executors import LocalExecutor
 from tests.support.docker import make_pool, require_docker
 

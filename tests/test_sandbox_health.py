@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sandbox.backends import LocalBackend
-from sandbox.executor import ExecutionStatus
+from sandbox.execution import ExecutionStatus
 from sandbox.executors import DockerExecutor, LocalExecutor
 from sandbox.pool import SandboxPool
 from sandbox.slots import FRESH_S

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.backends.owners import CREATED_GRACE_S, Owner, is_leftover
-from sandbox.executor import ExecutionStatus
+from sandbox.execution import ExecutionStatus
 from sandbox.executors import DockerExecutor
 from tests.support.docker import IMAGE, LIMITS, containers_of, make_pool, require_docker
 

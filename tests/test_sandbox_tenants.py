@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from sandbox.executor import ExecutionResult, ExecutionStatus
+from sandbox.execution import ExecutionResult, ExecutionStatus
 from sandbox.executors import DockerExecutor
 from tests.support.docker import (
     GVISOR_LIMITS,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.executor import ExecutionResult, ExecutionStatus, Executor
+from sandbox.execution import ExecutionResult, ExecutionStatus, Executor
 from service.answers import AnswerMode, matches_reference
 from service.engines.base import Engine
 from service.solver import SolveConfig, Solver, SolveResult, derive_seed

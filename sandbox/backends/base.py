@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from sandbox.connection import RunnerConnection
-from sandbox.executor import ExecutorError
+from sandbox.execution import ExecutorError
 
 
 class SandboxUnavailable(ExecutorError):

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from sandbox.executor import Executor
+from sandbox.execution import Executor
 from service.admission import Admission
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import (

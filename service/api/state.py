@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from sandbox.executor import Executor
+from sandbox.execution import Executor
 from service.admission import Admission
 from service.engines.base import Engine
 from service.metrics import Metrics

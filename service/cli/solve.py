@@ -90,7 +90,7 @@ def _request(args: argparse.Namespace) -> SolveRequest:
 async def solve_in_process(request: SolveRequest, settings: Settings, progress: SolveProgress) -> SolveResponse:
     """One solve with the engine and executor the settings name (or the machine suits, see service.machine);
     SIGTERM ends it as Ctrl-C does."""
-    from sandbox.executor import ExecutorError
+    from sandbox.execution import ExecutorError
     from service.engines.base import EngineError
     from service.solver import Solver
     from service.solving import AllCandidatesFailed, solve_once

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from typing import Any, Protocol
 
-from sandbox.executor import Executor
+from sandbox.execution import Executor
 from service.client import ServiceError, ServiceUnreachable, SolveClient
 from service.engines.base import Engine
 from service.schemas import SolveRequest, SolveResponse

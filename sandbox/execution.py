@@ -1,4 +1,4 @@
-"""The Executor protocol: run one model-written Python block.
+"""What an execution is: the Executor protocol (run one model-written Python block), its result and its failure.
 
 `last_block` executions (the reference's) run each block alone in a fresh
 namespace with the numpy/sympy preamble; `session` executions share the
