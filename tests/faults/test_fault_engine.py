@@ -122,6 +122,13 @@ class VllmServer:
                 self.kill()
 
 
+def wait_until_running_code(service: Service) -> None:
+    """Until a candidate of the request in flight runs its first block (SLOW_PROBLEM's runs for the whole
+    execution timeout): the fault then comes while that candidate still needs the engine for its next step,
+    whereas a fault timed by a step in flight may land as the last tokens of the request's last step arrive."""
+    wait_until(lambda: service.held()["sandbox_busy"] >= 1, timeout_s=30, interval_s=0.02)
+
+
 def failed_candidates(service: Service) -> float:
     return service.metrics()['sctir_candidates_total{status="failed"}']
 
@@ -304,7 +311,7 @@ def test_remote_engine_killed_then_started_again(remote_up: tuple[VllmServer, Se
     assert answers_correctly(service)
     failed_before = failed_candidates(service)
     thread, outcome = post_in_background(service.url, SLOW_REQUEST)
-    wait_until(lambda: server.requests()[0] >= 1, timeout_s=30, interval_s=0.02)  # a step is generating
+    wait_until_running_code(service)
     server.kill()
     killed = time.monotonic()
     thread.join(timeout=30)
@@ -346,7 +353,7 @@ def test_remote_engine_frozen_then_resumed(remote_up: tuple[VllmServer, Service]
     server, service = remote_up
     failed_before = failed_candidates(service)
     thread, outcome = post_in_background(service.url, SLOW_REQUEST)
-    wait_until(lambda: server.requests()[0] >= 1, timeout_s=30, interval_s=0.02)  # a step is generating
+    wait_until_running_code(service)
     server.signal_group(signal.SIGSTOP)
     frozen = time.monotonic()
     try:
@@ -398,7 +405,7 @@ def test_in_process_engine_core_frozen_then_resumed(demo_model: Path, tmp_path: 
         (core,) = [p for p in engine_processes(service) if p.name() == "VLLM::EngineCore"]
         failed_before = failed_candidates(service)
         thread, outcome = post_in_background(service.url, SLOW_REQUEST)
-        wait_until(lambda: service.held()["engine_requests"] >= 1, timeout_s=30, interval_s=0.02)
+        wait_until_running_code(service)
         core.suspend()  # SIGSTOP
         frozen = time.monotonic()
         try:
