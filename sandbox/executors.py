@@ -51,7 +51,7 @@ class DockerExecutor(SandboxPool):
             max_output_bytes=max_output_bytes,
             start_timeout_s=start_timeout_s,
             answer_grace_s=answer_grace_s,
-            name=f"{pool_name}",
+            name=pool_name,
             isolate_tenants=True,
             max_slots=max_containers,
             health_timeout_s=health_timeout_s,

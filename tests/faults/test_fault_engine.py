@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,20 +222,30 @@ def engine_outage_503(response: httpx.Response, server: VllmServer) -> str:
     return f"503 '{message.replace(server.url, '<server>/v1')}'"
 
 
+def some_failed_in_flight(
+    response: httpx.Response, failed_with: Callable[[str], bool], shown: str, finished_as: tuple[str, ...]
+) -> str:
+    """A 200 for a request solving when the engine failed: its candidates that still needed the engine failed
+    (their errors pass `failed_with`); those already finished kept their status, one of `finished_as`."""
+    assert response.status_code == 200, response.text
+    candidates = response.json()["candidates"]
+    failed = [c for c in candidates if c["status"] == "failed"]
+    assert failed and all(failed_with(c["error"]) for c in failed), candidates
+    assert all(c["status"] in finished_as for c in candidates if c not in failed)
+    finished = ", ".join(sorted(c["status"] for c in candidates if c not in failed))
+    return f"200 (answer {response.json()['answer']}): {len(failed)} candidates failed '{shown}', {finished} before"
+
+
 def outage_in_flight(response: httpx.Response, server: VllmServer) -> str:
     """The answer to a request solving when the remote engine was killed: its candidates still generating, or
     starting a step after their code ran, failed with the engine's error; one that had already finished (the
     demo model sometimes ends a candidate in its first step) kept its result, and the request is a 200 then."""
     if response.status_code == 503:
         return engine_outage_503(response, server)
-    assert response.status_code == 200, response.text
-    candidates = response.json()["candidates"]
-    failed = [c for c in candidates if c["status"] == "failed"]
     outage = f"engine: POST {server.url}/completions failed: "
-    assert failed and all(c["error"].startswith(outage) for c in failed), candidates
-    assert all(c["status"] in ("answered", "pruned", "exhausted") for c in candidates if c not in failed)
-    finished = ", ".join(sorted(c["status"] for c in candidates if c not in failed))
-    return f"200 (answer {response.json()['answer']}): {len(failed)} candidates failed '{outage}...', {finished} before"
+    return some_failed_in_flight(
+        response, lambda error: error.startswith(outage), f"{outage}...", ("answered", "pruned", "exhausted")
+    )
 
 
 STALLED = f"engine: engine stalled: no token for {STALL_S:g} s"
@@ -254,13 +264,9 @@ def stalled_in_flight(response: httpx.Response) -> str:
     a step after their code ran, failed as stalled; those already finished kept their result (a 200 then)."""
     if response.status_code == 503:
         return stalled_503(response)
-    assert response.status_code == 200, response.text
-    candidates = response.json()["candidates"]
-    failed = [c for c in candidates if c["status"] == "failed"]
-    assert failed and all(c["error"] == STALLED for c in failed), candidates
-    assert all(c["status"] in ("answered", "pruned", "restarted", "exhausted") for c in candidates if c not in failed)
-    finished = ", ".join(sorted(c["status"] for c in candidates if c not in failed))
-    return f"200 (answer {response.json()['answer']}): {len(failed)} candidates failed '{STALLED}', {finished} before"
+    return some_failed_in_flight(
+        response, lambda error: error == STALLED, STALLED, ("answered", "pruned", "restarted", "exhausted")
+    )
 
 
 # -- the remote engine: the vLLM server killed and started again, stopped and resumed -----------------
