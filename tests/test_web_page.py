@@ -59,7 +59,9 @@ def demo_service(vllm_installed: None, demo_model: Path, vllm_cpu_env: None) -> 
     require_browser()  # before vLLM spends a minute loading for nothing
     require_docker()
     pool = f"sctir-web-{uuid.uuid4().hex[:8]}"
-    settings = Settings(model=str(demo_model), sandbox_pool_size=1, sandbox_pool_name=pool)
+    # No early stop: which candidates it cancels depends on who finishes first, and the page must show
+    # exactly what the JSON answer for the same seed says.
+    settings = Settings(model=str(demo_model), sandbox_pool_size=1, sandbox_pool_name=pool, early_stop=False)
     with serve_in_thread(create_app(settings), "/healthz", start_timeout_s=300) as url:
         assert wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 120), "never ready"
         yield url
@@ -124,8 +126,10 @@ def test_the_page_shows_the_demo_model_solving_live(demo_service: str, browser) 
     assert problems.all(demo_service) == []
 
     if screenshot := os.environ.get("SCTIR_SCREENSHOT"):
+        page.wait_for_timeout(2000)  # the scroll to the winner, its highlight and the bars' growth settle
         page.evaluate("window.scrollTo(0, 0)")
-        page.wait_for_timeout(2000)  # the winner's highlight and the bars' growth settle
+        page.mouse.move(VIEWPORT["width"] - 1, VIEWPORT["height"] - 1)  # no hover state in the picture
+        page.wait_for_timeout(200)
         page.screenshot(path=ROOT / screenshot)
     page.close()
 
@@ -180,6 +184,7 @@ def test_the_api_key_goes_in_a_bearer_header_and_stays_in_the_tab(
     script.script = quick
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
+    problems = PageProblems().watch(page)
     page.goto(f"{scripted_service}/")
     page.fill("#api-key", "a-wrong-key")
     fill_form(page, "What is 6 times 7?", 3, 3)
@@ -198,6 +203,8 @@ def test_the_api_key_goes_in_a_bearer_header_and_stays_in_the_tab(
     expect(page.locator('#candidates .output-block[data-status="ok"]')).to_have_count(0)  # rows stay closed
     page.click("#toggle-all")
     expect(page.locator('#candidates .output-block[data-status="ok"] pre')).to_have_text(["42"] * 3)
+    assert problems.error_responses == [f"401 {scripted_service}/solve"]  # the wrong key's, and no other
+    assert problems.page_errors == problems.failed_requests == []
 
     assert page.evaluate("sessionStorage.getItem('sctir.apiKey')") == KEY
     assert page.evaluate("localStorage.length") == 0

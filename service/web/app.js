@@ -123,10 +123,7 @@ async function solve(body) {
       return end(current, "done", "Done");
     }
     setRunState("queued", "Queued");
-    for await (const { event, data } of readEvents(response.body)) {
-      handle(event, data);
-      if (event === "result" || event === "error") break;
-    }
+    for await (const { event, data } of readEvents(response.body)) handle(event, data); // ends after result or error
     if (run.result) return end(current, "done", "Done");
     if (!run.failed) showError("Stream ended", "The server closed the stream before the result.");
     end(current, "failed", "Failed");
@@ -349,7 +346,11 @@ async function showHttpError(response) {
   } catch {
     // not JSON: the status text says what there is to say
   }
-  if (response.status === 401) message += apiKey.value ? " (check the API key above)." : " (enter an API key above).";
+  if (response.status === 401) {
+    message += apiKey.value ? " (check the API key above)." : " (enter an API key above).";
+    apiKey.focus();
+    apiKey.select();
+  }
   const retry = response.headers.get("retry-after");
   if (retry) message += ` Retry in ${retry} s.`;
   showError(`Error ${response.status}`, message);

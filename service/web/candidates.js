@@ -87,6 +87,7 @@ export class CandidateRow {
   /** The result's summary of this candidate: its full text is the authority on what it wrote. */
   onResult(summary) {
     if (summary.text != null) this.text = summary.text;
+    this.attempt = summary.restarts ?? this.attempt;
     this.finished = { ...summary, candidate: summary.index };
     this.setStatus(summary.status);
     this.dirty = true;
@@ -153,7 +154,8 @@ export class CandidateRow {
       this.footer.textContent = "";
       return;
     }
-    const facts = [`${STATUS_LABELS[finished.status] ?? finished.status} after ${finished.steps} step(s)`];
+    const steps = `${finished.steps} step${finished.steps === 1 ? "" : "s"}`;
+    const facts = [`${STATUS_LABELS[finished.status] ?? finished.status} after ${steps}`];
     if (finished.answer != null) facts.push(`answer ${finished.answer}`);
     if (finished.prompt_tokens != null) {
       facts.push(`${formatCount(finished.prompt_tokens)} prompt + ${formatCount(finished.completion_tokens)} completion tokens`);
