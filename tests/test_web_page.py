@@ -254,3 +254,55 @@ def test_a_stream_that_ends_in_an_error_says_so(scripted_service: str, browser, 
     expect(page.locator("#error")).to_contain_text("the engine went away")
     expect(page.locator('#candidates .badge[data-status="failed"]')).to_have_count(2)
     page.close()
+
+
+def test_the_event_reader_gets_the_same_events_however_the_bytes_are_cut(scripted_service: str, browser) -> None:
+    """The page's SSE reader (static/sse.js): CRLF or LF, comments, a UTF-8 character or a CRLF split across reads."""
+    stream = ': keep-alive\r\n\r\nevent: step\r\ndata: {"text": "é = 1"}\r\n\r\n'
+    stream += 'event: vote\ndata: {"votes": {"7": 2}}\n\n'
+    page = browser.new_page()
+    page.goto(f"{scripted_service}/")
+    seen = page.evaluate(
+        """async (text) => {
+            const { readEvents } = await import("./static/sse.js");
+            const bytes = new TextEncoder().encode(text);
+            const outcomes = new Set();
+            for (let cut = 0; cut <= bytes.length; cut++) {
+                const body = new ReadableStream({
+                    start(controller) {
+                        controller.enqueue(bytes.slice(0, cut));
+                        controller.enqueue(bytes.slice(cut));
+                        controller.close();
+                    },
+                });
+                const events = [];
+                for await (const event of readEvents(body)) events.push(event);
+                outcomes.add(JSON.stringify(events));
+            }
+            return [...outcomes].map((outcome) => JSON.parse(outcome));
+        }""",
+        stream,
+    )
+    assert seen == [[{"event": "step", "data": {"text": "é = 1"}}, {"event": "vote", "data": {"votes": {"7": 2}}}]]
+    page.close()
+
+
+def test_a_trace_reads_as_prose_code_and_output(scripted_service: str, browser) -> None:
+    """The page's trace parser (static/trace.js) on the service's trace format, finished and still being written."""
+    page = browser.new_page()
+    page.goto(f"{scripted_service}/")
+    parse = """async (text) => (await import("./static/trace.js")).parseTrace(text)"""
+    finished = page.evaluate(parse, CODE + "42\n```" + AFTER)
+    assert finished == [
+        {"kind": "prose", "text": "Compute $6 \\times 7$:\n", "open": False},
+        {"kind": "code", "text": "print(6*7)", "open": False},
+        {"kind": "prose", "text": "\n", "open": False},
+        {"kind": "output", "text": "42", "open": False},
+        {"kind": "prose", "text": AFTER, "open": True},
+    ]
+    writing = page.evaluate(parse, "Compute:\n```python\nprint(6*")
+    assert writing == [
+        {"kind": "prose", "text": "Compute:\n", "open": False},
+        {"kind": "code", "text": "print(6*", "open": True},
+    ]
+    page.close()

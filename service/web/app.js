@@ -112,24 +112,23 @@ async function solve(body) {
   const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
   if (apiKey.value) headers.Authorization = `Bearer ${apiKey.value}`;
   const current = run;
+  let streaming = false;
   try {
     const response = await fetch("solve", { method: "POST", headers, body: JSON.stringify(body), signal: controller.signal });
     if (!response.ok) {
       await showHttpError(response);
       return end(current, "failed", "Failed");
     }
-    if ((response.headers.get("content-type") ?? "").includes("application/json")) {
-      onResult(await response.json()); // a server that answers without streaming
-      return end(current, "done", "Done");
-    }
+    streaming = true;
     setRunState("queued", "Queued");
     for await (const { event, data } of readEvents(response.body)) handle(event, data); // ends after result or error
-    if (run.result) return end(current, "done", "Done");
-    if (!run.failed) showError("Stream ended", "The server closed the stream before the result.");
+    if (current.result) return end(current, "done", "Done");
+    if (!current.failed) showError("Stream ended", "The server closed the stream before the result.");
     end(current, "failed", "Failed");
   } catch (error) {
     if (error.name === "AbortError") return end(current, "stopped", "Stopped");
-    showError("Network error", `The service could not be reached (${error.message}).`);
+    if (streaming) showError("Connection lost", `The stream from the service broke off (${error.message}).`);
+    else showError("Service unreachable", `The request did not reach the service (${error.message}).`);
     end(current, "failed", "Failed");
   }
 }
@@ -145,10 +144,7 @@ function end(current, state, label) {
   for (const row of current.rows) row.onStopped();
   setBusy(false);
   setRunState(state, label);
-  if (!current.result) {
-    answer.classList.remove("provisional");
-    if (state === "stopped") answerNote.textContent = "Stopped before the vote was final.";
-  }
+  if (!current.result && state === "stopped") answerNote.textContent = "Stopped before the vote was final.";
   tick();
   scheduleDraw();
 }
@@ -210,7 +206,6 @@ function showLeader(vote) {
 
 function onResult(result) {
   run.result = result;
-  if (!run.rows.length) onStart({ ...result, num_samples: result.candidates.length, max_steps: run.maxSteps, queue_s: result.timings.queue_s });
   for (const summary of result.candidates) run.rows[summary.index]?.onResult(summary);
   const finished = result.candidates.length || run.numSamples;
   chart.update({

@@ -27,7 +27,8 @@ export class CandidateRow {
     this.text = "";
     this.executions = [];
     this.finished = null; // the candidate event
-    this.dirty = false;
+    this.dirty = false; // changed since the summary was drawn
+    this.traceStale = false; // changed since the trace was drawn
 
     this.root = element("li", "candidate");
     this.root.id = `candidate-${index}`;
@@ -120,15 +121,15 @@ export class CandidateRow {
 
   /** Brings the changes since the last draw on screen (called once per animation frame). */
   draw() {
-    if (!this.dirty && this.drawnOnce) return;
-    this.drawSummary();
-    if (this.details.open) {
+    if (this.dirty) {
+      this.drawSummary();
+      this.dirty = false;
+      this.traceStale = true;
+    }
+    if (this.traceStale && this.details.open) {  // a closed row's trace is drawn when it opens
       this.trace.draw(this.text, this.executions, this.live);
       this.drawFooter();
-      this.dirty = false;
-      this.drawnOnce = true;
-    } else {
-      this.dirty = true; // drawn when opened
+      this.traceStale = false;
     }
   }
 
