@@ -19,7 +19,7 @@ export class VoteChart {
     this.list.replaceChildren();
     this.list.dataset.empty = "true";
     this.decidedBadge.hidden = true;
-    this.summary.textContent = numSamples ? `0 of ${numSamples} finished` : "No votes yet";
+    this.summary.textContent = numSamples ? `0 of ${numSamples} finished` : "A bar per answer, as candidates finish";
   }
 
   /** A `vote` event, or the result's final vote. */
