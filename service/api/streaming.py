@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import anyio
@@ -178,8 +179,9 @@ def event_stream(events: AsyncIterator[Event], request_id: str, config: SolveCon
     """`events` as server-sent events, with keep-alive comments; a server shutting down lets the solve finish."""
 
     async def sse() -> AsyncIterator[ServerSentEvent]:
-        async for event in events:
-            yield ServerSentEvent(data=_json(event.payload(request_id)), event=event.event)
+        async with aclosing(events):  # closed with the response, not whenever it is collected: the solve stops now
+            async for event in events:
+                yield ServerSentEvent(data=_json(event.payload(request_id)), event=event.event)
 
     return EventSourceResponse(sse(), ping=KEEPALIVE_S, shutdown_grace_period=config.deadline_s)
 
