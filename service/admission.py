@@ -34,11 +34,18 @@ class Admission:
         waves = (self.queued + 1) / self.max_in_flight
         return max(1, math.ceil(self._mean_solve_s * waves))
 
+    def check(self) -> None:
+        """Raises Overloaded if a problem asking for a slot now would be refused.
+
+        For a streamed answer, whose status is sent before it queues.
+        """
+        if self._slots.locked() and self.queued >= self.max_queue:
+            raise Overloaded(self.retry_after_s())
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
         """Wait for a solver slot; yields the seconds spent queueing. Raises Overloaded."""
-        if self._slots.locked() and self.queued >= self.max_queue:
-            raise Overloaded(self.retry_after_s())
+        self.check()
         queued_at = time.monotonic()
         self.queued += 1
         try:

@@ -53,6 +53,11 @@ class SolveRequest(BaseModel):
     )
     seed: Seed | None = Field(None, description="Fixes every candidate's sampling seed.")
     return_traces: bool = Field(False, description="Include every candidate's full text.")
+    stream: bool = Field(
+        False,
+        description="Answer with server-sent events as the solve goes (start, step, execution, candidate, vote, "
+        "then result or error) instead of one JSON body; so does the header `Accept: text/event-stream`.",
+    )
     profile: Literal["service", "reference"] | None = Field(
         None, description="service: our candidate rules; reference: the winners' notebook's, exactly."
     )
@@ -68,7 +73,7 @@ class SolveRequest(BaseModel):
             raise ValueError("must be a JSON number")
         return value
 
-    @field_validator("return_traces", mode="before")
+    @field_validator("return_traces", "stream", mode="before")
     @classmethod
     def _json_boolean(cls, value: object) -> object:
         if not isinstance(value, bool):

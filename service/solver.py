@@ -28,7 +28,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandbox.execution import ExecutionResult, Executor, ExecutorError
 from service.answers import AnswerMode, Ballot, read_answer
 from service.engines.base import ContextExhausted, Engine, EngineError, SamplingParams, StepRequest
+from service.events import CandidateFinished, Executed, Listener, StepText, VoteTally
 from service.tir import (
     OUTPUT_LIMIT_CHARS,
     OUTPUT_MARKER,
@@ -321,7 +322,10 @@ class Solver:
         self.on_execution = on_execution  # e.g. metrics; called once per executed block
         self.on_candidate = on_candidate  # e.g. a progress bar; called once per candidate that finishes
 
-    async def solve(self, problem: str, config: SolveConfig, request_id: str) -> SolveResult:
+    async def solve(
+        self, problem: str, config: SolveConfig, request_id: str, listener: Listener | None = None
+    ) -> SolveResult:
+        """Solve `problem`; `listener` is told what happens as it happens (see service.events)."""
         started = time.monotonic()
         prompt = self.engine.format_prompt(problem)
         candidates = [Candidate(i, derive_seed(config.seed, i)) for i in range(config.num_samples)]
@@ -331,9 +335,11 @@ class Solver:
 
         async def run(candidate: Candidate) -> None:
             try:
-                await self._run_candidate(candidate, prompt, config, request_id)
+                await self._run_candidate(candidate, prompt, config, request_id, listener)
             except asyncio.CancelledError:
                 candidate.status = CandidateStatus.CANCELLED
+                if listener:
+                    listener(CandidateFinished.of(candidate))
                 raise
             except Exception as error:  # a bug must cost one candidate, not the request
                 log.exception("candidate crashed")
@@ -341,9 +347,13 @@ class Solver:
             running.discard(candidate.index)
             if self.on_candidate:
                 self.on_candidate(candidate)
-            if candidate.answer is not None:
-                live_ballot.add(candidate.index, candidate.answer)
-            if config.early_stop and not config.reference and running and live_ballot.is_decided(running):
+            vote = live_ballot.add(candidate.index, candidate.answer) if candidate.answer is not None else None
+            leader_unbeatable = live_ballot.is_decided(running)
+            if listener:
+                listener(CandidateFinished.of(candidate, vote))
+                finished = config.num_samples - len(running)
+                listener(VoteTally.of(live_ballot, finished=finished, running=len(running), decided=leader_unbeatable))
+            if config.early_stop and not config.reference and running and leader_unbeatable:
                 decided.set()
 
         tasks = [asyncio.create_task(run(c), name=f"{request_id}-{c.index}") for c in candidates]
@@ -375,7 +385,9 @@ class Solver:
             candidates, config, started=started, stopped_early=stopped_early, deadline_hit=deadline_hit
         )
 
-    async def _run_candidate(self, candidate: Candidate, prompt: str, config: SolveConfig, request_id: str) -> None:
+    async def _run_candidate(
+        self, candidate: Candidate, prompt: str, config: SolveConfig, request_id: str, listener: Listener | None
+    ) -> None:
         """One candidate's loop, with no barrier against the others."""
         session_id = f"{request_id}-{candidate.index}" if config.execution_mode is ExecutionMode.SESSION else None
         try:
@@ -383,7 +395,7 @@ class Solver:
             while action is not Action.DONE:
                 request = candidate.next_request(prompt, config, request_id)
                 try:
-                    generated = await self._generate(candidate, request)
+                    generated = await self._generate(candidate, request, listener)
                 except ContextExhausted:
                     generated = ""  # the reference's empty completion: judged like any empty step
                 except EngineError as error:
@@ -396,20 +408,33 @@ class Solver:
                     await self.executor.close_session(session_id)  # a restart forgets the state
                 if action is Action.EXECUTE:
                     code = last_code_block(candidate.text) or ""
-                    feedback = await self._execute(candidate, code, session_id, tenant=request_id)
-                    if feedback is None:
+                    execution = await self._execute(candidate, code, session_id, tenant=request_id)
+                    if execution is None:
                         return
-                    candidate.after_execution(feedback, config)
+                    candidate.after_execution(execution.feedback, config)
+                    if listener:
+                        listener(Executed.of(candidate, code, execution, config.output_limit_chars))
         finally:
             if session_id:
                 await self.executor.close_session(session_id)
 
-    async def _generate(self, candidate: Candidate, request: StepRequest) -> str | None:
+    async def _generate(self, candidate: Candidate, request: StepRequest, listener: Listener | None) -> str | None:
         """One engine step's text, None if the engine aborted it.
 
         A cancelled step is aborted in the engine before the task ends, so
         early stops, deadlines and disconnects free engine capacity at once.
+        The listener hears the text as the engine streams it, then whatever of
+        the step's text the engine did not stream (all of it, from an engine
+        that does not stream; a stop string it added).
         """
+        told: list[str] = []
+        if listener:
+
+            def on_text(text: str) -> None:
+                told.append(text)
+                listener(StepText.of(candidate, text))
+
+            request = replace(request, on_text=on_text)
         started = time.monotonic()
         try:
             result = await self.engine.complete(request)
@@ -420,7 +445,12 @@ class Solver:
             candidate.generation_s += time.monotonic() - started
         candidate.prompt_tokens += result.prompt_tokens
         candidate.completion_tokens += result.completion_tokens
-        return None if result.finish_reason == "abort" else result.text
+        if result.finish_reason == "abort":
+            return None
+        untold = result.text[len("".join(told)) :]
+        if untold and request.on_text:
+            request.on_text(untold)
+        return result.text
 
     async def _release(self, request_id: str) -> None:
         """End the request's tenancy of the sandbox (an executor fault here is logged, not the client's)."""
@@ -429,8 +459,10 @@ class Solver:
         except Exception:
             log.exception("executor release failed")
 
-    async def _execute(self, candidate: Candidate, code: str, session_id: str | None, tenant: str) -> str | None:
-        """Run a block; the feedback text, or None when the executor itself failed."""
+    async def _execute(
+        self, candidate: Candidate, code: str, session_id: str | None, tenant: str
+    ) -> ExecutionResult | None:
+        """Run a block; its result, or None when the executor itself failed."""
         started = time.monotonic()
         try:
             result = await self.executor.execute(code, session_id=session_id, tenant=tenant)
@@ -448,4 +480,4 @@ class Solver:
             self.on_execution(result, time.monotonic() - started)
         if result.sandbox_lost:
             candidate.lost_sandbox(result.sandbox_lost)
-        return result.feedback
+        return result

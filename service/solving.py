@@ -8,6 +8,7 @@ evaluation records the problem as failed.
 
 from __future__ import annotations
 
+from service.events import Listener
 from service.solver import CandidateStatus, Failure, SolveConfig, Solver, SolveResult
 
 
@@ -21,9 +22,11 @@ class AllCandidatesFailed(Exception):
         self.engine_down = any(c.failure is Failure.ENGINE for c in failed)
 
 
-async def solve_once(solver: Solver, problem: str, config: SolveConfig, request_id: str) -> SolveResult:
+async def solve_once(
+    solver: Solver, problem: str, config: SolveConfig, request_id: str, listener: Listener | None = None
+) -> SolveResult:
     """The solver's result, or AllCandidatesFailed when no candidate is left to vote."""
-    result = await solver.solve(problem, config, request_id)
+    result = await solver.solve(problem, config, request_id, listener)
     if result.candidates and all(c.status is CandidateStatus.FAILED for c in result.candidates):
         raise AllCandidatesFailed(result)
     return result

@@ -109,6 +109,9 @@ def output_block(feedback: str, limit: int = OUTPUT_LIMIT_CHARS) -> str:
     No newline after the fence, as the reference writes it (`f"{code_result}\\n```"`): the
     model's next step starts right after the fence, and every later prompt depends on this.
     """
-    if len(feedback) > limit:
-        feedback = feedback[:limit] + TRUNCATION_SUFFIX
-    return feedback + "\n```"
+    return shown_output(feedback, limit) + "\n```"
+
+
+def shown_output(feedback: str, limit: int = OUTPUT_LIMIT_CHARS) -> str:
+    """What the model is shown of an execution's output: at most `limit` characters, then a note that it was cut."""
+    return feedback if len(feedback) <= limit else feedback[:limit] + TRUNCATION_SUFFIX

@@ -79,17 +79,31 @@ def post_solve(url: str, body: dict) -> socket.socket:
     return sock
 
 
-def test_disconnect_aborts_the_engines_requests(served: tuple[str, VllmEngine], tiny_model_dir: Path) -> None:
+def received_until(sock: socket.socket, needle: bytes, timeout_s: float) -> bytes:
+    """What the server sent on `sock` until `needle` (or the timeout)."""
+    sock.settimeout(timeout_s)
+    received = b""
+    while needle not in received:
+        received += sock.recv(65536)
+    return received
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_disconnect_aborts_the_engines_requests(
+    served: tuple[str, VllmEngine], tiny_model_dir: Path, stream: bool
+) -> None:
     url, engine = served
 
     def running_waiting() -> tuple[float | None, float | None]:
         return engine_core(tiny_model_dir, "num_requests_running"), engine_core(tiny_model_dir, "num_requests_waiting")
 
     finished_before = steps_finished(tiny_model_dir)
-    client = post_solve(url, {"problem": "Think for a long time.", "seed": 1})
+    client = post_solve(url, {"problem": "Think for a long time.", "seed": 1, "stream": stream})
     try:
         # Every candidate's step is generating in the engine core.
         assert wait_for(lambda: running_waiting() == (SAMPLES, 0.0), 60), running_waiting()
+        if stream:  # the text is on its way to the client as it is generated
+            assert b"event: step" in received_until(client, b"event: step", 30)
         time.sleep(0.3)
         assert engine.num_unfinished_requests() == SAMPLES
     finally:

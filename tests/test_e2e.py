@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.docker import require_docker
 from tests.support.servers import free_port, wait_until_up
+from tests.support.sse import read_stream
 from tests.support.tiny_model import VLLM_CPU_ENV, require_vllm
 from training.synthetic import EXAMPLES, heldout_problems
 
@@ -100,6 +101,28 @@ def test_the_model_writes_code_the_sandbox_runs_it_and_the_vote_counts_it(servic
         output, continuation = executed.split("\n```\n", 1)
         assert output.strip() == expected  # printed by the sandbox, not by the model
         assert f"\\boxed{{{expected}}}" in continuation  # generated after the output block
+
+
+def test_the_stream_shows_the_model_at_work_and_ends_in_the_json_result(service: Service) -> None:
+    """Streamed and not, the same seed gives the same result: streaming only adds the telling."""
+    problem = heldout_problems(3)[1]
+    body = {"problem": problem.problem, "num_samples": 4, "seed": 5, "return_traces": True}
+    with httpx.stream("POST", f"{service.url}/solve", json=body | {"stream": True}, timeout=300) as response:
+        assert response.status_code == 200
+        streamed = read_stream(response)
+    plain = httpx.post(f"{service.url}/solve", json=body, timeout=300).json()
+    result = streamed.named("result")[0]
+    for index, candidate in enumerate(result["candidates"]):
+        own = streamed.of_candidate(index)
+        assert own[-1][0] == "candidate" and own[-1][1]["status"] == candidate["status"]
+        told = "".join(data["text"] for event, data in own if event == "step")
+        assert told and candidate["text"].startswith(told[:20])
+    executions = streamed.named("execution")
+    assert executions and all("print" in e["code"] and e["status"] == "ok" for e in executions)
+    assert streamed.named("vote")[-1]["votes"] == result["votes"] and result["answer"] == str(problem.answer)
+    for response_body in (result, plain):
+        response_body.pop("request_id"), response_body.pop("timings")
+    assert result == plain
 
 
 async def solve_examples(url: str, seed: int) -> dict[str, dict]:

@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -338,8 +338,10 @@ async def test_a_streamed_step_joins_its_chunks(streaming: StreamingServer, stre
     streaming.streams["joined"] = Stream(
         [(0, chunk("Let me ")), (0, chunk(CODE[7:])), (0, chunk("", "stop", STOP)), (0, USAGE)]
     )
-    result = await streamed.complete(step("joined"))
+    deltas: list[str] = []
+    result = await streamed.complete(replace(step("joined"), on_text=deltas.append))
     assert (result.text, result.finish_reason) == (CODE + STOP, "stop")  # the matched stop string kept
+    assert deltas == ["Let me ", CODE[7:]]  # handed on chunk by chunk (the solver adds the stop string)
     assert (result.prompt_tokens, result.completion_tokens) == (5, 3)
 
 

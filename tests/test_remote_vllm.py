@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -155,6 +155,12 @@ async def wait_for(condition, timeout_s: float = 60.0) -> bool:
 
 async def test_ready(engine: RemoteEngine) -> None:
     assert await engine.ready()
+
+
+async def test_the_text_is_handed_on_as_the_server_streams_it(engine: RemoteEngine) -> None:
+    deltas: list[str] = []
+    result = await engine.complete(replace(step("deltas", stop=()), on_text=deltas.append))
+    assert len(deltas) > 1 and "".join(deltas) == result.text
 
 
 async def test_seeds_and_usage(engine: RemoteEngine, server: VllmServer) -> None:

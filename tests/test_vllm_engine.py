@@ -22,6 +22,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -341,6 +342,16 @@ async def test_stop_string_is_honoured_and_kept(tir_text: VllmEngine) -> None:
         unstopped = await tir_text.complete(step(prompt, f"nostop-{seed}", seed=seed, max_new_tokens=200, stop=()))
         assert unstopped.text.startswith(stopped.text) and len(unstopped.text) > len(stopped.text)
         assert unstopped.completion_tokens > stopped.completion_tokens
+
+
+@module_loop
+async def test_the_text_is_handed_on_as_the_engine_streams_it(engine: VllmEngine) -> None:
+    """Token deltas as vLLM produces them (what streamed /solve sends), adding up to the step's text."""
+    deltas: list[str] = []
+    request = step(engine.format_prompt("Tell me more."), "streamed", max_new_tokens=48, stop=())
+    result = await engine.complete(replace(request, on_text=deltas.append))
+    assert len(deltas) > 1 and "".join(deltas) == result.text
+    assert result == await engine.complete(replace(request, request_id="not-streamed"))  # the same text either way
 
 
 async def start_long_step(engine: VllmEngine, model_dir: Path, request_id: str) -> asyncio.Task:

@@ -5,27 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.disconnect import ClientGone, cancel_on_disconnect
 from service.api.errors import Unauthorized, cut, error_response
 from service.api.state import Collaborators, collaborators
+from service.api.streaming import ENGINE_RETRY_AFTER_S, Failed, Result, event_stream, solve_events
 from service.engines.base import READY_TIMEOUT_S
+from service.events import Event
 from service.schemas import ErrorResponse, SolveRequest, SolveResponse
-from service.solver import SolveResult
-from service.solving import AllCandidatesFailed, solve_once
 
 log = logging.getLogger(__package__)  # the API's records under one name, whichever of its modules logs
-# Retry-After of a 503 the engine caused (not ready, or every candidate failed on it): a stalled or
-# restarting engine is back in seconds, or the next 503 says the same again at once.
-ENGINE_RETRY_AFTER_S = 5
 bearer = HTTPBearer(auto_error=False, description="One of the server's SCTIR_API_KEYS, when set.")
 
 
@@ -86,37 +84,36 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers=headers)
 
 
-async def solve(body: SolveRequest, request: Request) -> SolveResponse | JSONResponse:
+def wants_stream(body: SolveRequest, request: Request) -> bool:
+    """`"stream": true`, or an Accept header that names server-sent events."""
+    return body.stream or "text/event-stream" in request.headers.get("accept", "").lower()
+
+
+async def solve(body: SolveRequest, request: Request) -> SolveResponse | JSONResponse | EventSourceResponse:
     api = collaborators(request)
     request_id = request.state.request_id
     config = body.to_config(api.settings)
-
-    async def admitted() -> tuple[float, SolveResult]:
-        async with api.admission.slot() as queue_s:
-            return queue_s, await solve_once(api.solver, body.problem, config, request_id)
-
-    started = time.monotonic()
+    streamed = wants_stream(body, request)
+    events = solve_events(api, body.problem, config, request_id, traces=body.return_traces, progress=streamed)
+    if streamed:
+        api.admission.check()  # a full queue is a 429 before the stream starts, as for one JSON body
+        return event_stream(events, request_id, config)
     try:  # a client that leaves while queued or solving cancels its candidates
-        queue_s, result = await cancel_on_disconnect(admitted(), request)
+        outcome = await cancel_on_disconnect(last(events), request)
     except ClientGone:
         log.info("client disconnected; candidates cancelled")
         return error_response(request, 499, "client closed the request")
-    except AllCandidatesFailed as failure:
-        api.metrics.observe_solve(failure.result, time.monotonic() - started, all_failed=True)
-        log.error("%s", failure)
-        headers = {"Retry-After": str(ENGINE_RETRY_AFTER_S)} if failure.engine_down else None
-        return error_response(request, 503, str(failure), headers=headers)
-    api.metrics.observe_solve(result, time.monotonic() - started, all_failed=False)
-    log.info(
-        "solved",
-        extra={
-            "answer": result.answer,
-            "agreement": round(result.agreement, 3),
-            "candidates": len(result.candidates),
-            "total_s": round(result.total_s, 3),
-        },
-    )
-    return SolveResponse.from_result(result, config, request_id, queue_s, body.return_traces)
+    if isinstance(outcome, Failed):
+        return error_response(request, outcome.status, outcome.message, headers=outcome.headers())
+    assert isinstance(outcome, Result)
+    return outcome.response
+
+
+async def last(events: AsyncIterator[Event]) -> Event:
+    """The last of `events` (a solve without progress: Started, then Result or Failed)."""
+    async for event in events:
+        final = event
+    return final
 
 
 SOLVE_ERRORS = (400, 401, 413, 415, 422, 429, 499, 503)
@@ -141,5 +138,15 @@ def add_routes(app: FastAPI, *, api_keys: bool) -> None:
         dependencies=[*guards, Depends(require_json)],
         response_model=SolveResponse,
         summary="Solve a problem with SC-TIR",
-        responses={status: {"model": ErrorResponse} for status in SOLVE_ERRORS},
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "description": "With `stream`: events start, step, execution, candidate, vote, then "
+                        "result (this response's JSON) or error (see the README)."
+                    }
+                }
+            },
+            **{status: {"model": ErrorResponse} for status in SOLVE_ERRORS},
+        },
     )

@@ -9,7 +9,8 @@ stopping, deadlines and client disconnects free engine capacity at once.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -66,11 +67,16 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class StepRequest:
-    """Continue `prompt` (the chat-formatted problem plus the candidate's text so far)."""
+    """Continue `prompt` (the chat-formatted problem plus the candidate's text so far).
+
+    `on_text`, when set, is given the text as the engine streams it (deltas that add up to the step's
+    text, a matched stop string perhaps excepted); an engine that does not stream may never call it.
+    """
 
     request_id: str
     prompt: str
     params: SamplingParams
+    on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ connection.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -128,9 +129,12 @@ class RemoteEngine:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        return await self._in_flight.run(request_id, self._progress.guard(lambda: self._step(request_id, body, stop)))
+        step = self._progress.guard(lambda: self._step(request_id, body, stop, request.on_text))
+        return await self._in_flight.run(request_id, step)
 
-    async def _step(self, request_id: str, body: dict[str, Any], stop: list[str]) -> StepResult:
+    async def _step(
+        self, request_id: str, body: dict[str, Any], stop: list[str], on_text: Callable[[str], None] | None
+    ) -> StepResult:
         """POST the step and read its stream (or, from a server that does not stream, its one JSON body)."""
         client = self._require_client()
         url = f"{self._base_url}/completions"
@@ -145,14 +149,17 @@ class RemoteEngine:
         )
         try:
             if streamed:
-                return _step_result(await self._read_stream(url, response), stop)
+                return _step_result(await self._read_stream(url, response, on_text), stop)
             await _read_body("POST", url, response)
             return _step_result(_json_of("POST", url, response), stop)
         finally:
             await response.aclose()
 
-    async def _read_stream(self, url: str, response: httpx.Response) -> dict[str, Any]:
-        """The server-sent events of a streamed completion, joined into one completions response."""
+    async def _read_stream(
+        self, url: str, response: httpx.Response, on_text: Callable[[str], None] | None
+    ) -> dict[str, Any]:
+        """The server-sent events of a streamed completion, joined into one completions response
+        (each chunk's text handed to `on_text` as it comes)."""
         text: list[str] = []
         choice: dict[str, Any] = {}
         usage: dict[str, Any] = {}
@@ -169,6 +176,8 @@ class RemoteEngine:
                     raise kind(f"POST {url} failed mid-stream: {message}")
                 for part in chunk.get("choices") or ():
                     text.append(part.get("text") or "")
+                    if text[-1] and on_text:
+                        on_text(text[-1])
                     for key in ("finish_reason", "stop_reason"):  # the last chunk's; a null stop_reason counts
                         if key in part and (part[key] is not None or key not in choice):
                             choice[key] = part[key]

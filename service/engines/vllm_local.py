@@ -227,7 +227,7 @@ class VllmEngine:
         engine = self._require_engine()
         request_id = request.request_id
         sampling = self.sampling_params(request)
-        generation = self._progress.guard(lambda: self._generate(engine, request.prompt, sampling, request_id))
+        generation = self._progress.guard(lambda: self._generate(engine, request, sampling))
         return await self._in_flight.run(request_id, generation)
 
     async def abort(self, request_id: str) -> None:
@@ -247,22 +247,24 @@ class VllmEngine:
         engine = self._engine
         return 0 if engine is None else engine.get_num_unfinished_requests()
 
-    async def _generate(
-        self, engine: AsyncLLM, prompt: str, sampling: VllmSamplingParams, request_id: str
-    ) -> StepResult:
+    async def _generate(self, engine: AsyncLLM, request: StepRequest, sampling: VllmSamplingParams) -> StepResult:
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        request_id = request.request_id
         final = None
         text: list[str] = []
         completion_tokens = 0
         try:
-            (engine_input,) = await engine.renderer.render_cmpl_async([{"prompt": prompt}])
+            (engine_input,) = await engine.renderer.render_cmpl_async([{"prompt": request.prompt}])
             async for output in engine.generate(engine_input, sampling, request_id):
                 self._progress.tick()
                 final = output
                 if output.outputs:
-                    text.append(output.outputs[0].text)
+                    delta = output.outputs[0].text
+                    text.append(delta)
                     completion_tokens += len(output.outputs[0].token_ids)
+                    if delta and request.on_text:
+                        request.on_text(delta)
         except asyncio.CancelledError:
             # generate() aborts a request it had registered; this also covers a cancellation
             # that landed while the request was being added. Shielded: it must finish even if
