@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from sandbox.executors import LocalExecutor
+from service.api import streaming
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.doubles import ScriptedEngine, fails
@@ -107,6 +108,14 @@ def test_models_list_in_openai_shape(client: openai.OpenAI, server: str) -> None
     card = body["data"][0]
     assert card["object"] == "model" and card["owned_by"] == "sctir" and card["root"] == SERVED
     assert 0 < card["created"] <= time.time()
+
+
+def test_the_v1_routes_are_in_the_openapi_schema(server: str) -> None:
+    schema = httpx.get(f"{server}/openapi.json").json()
+    chat = schema["paths"]["/v1/chat/completions"]["post"]
+    assert "/v1/models" in schema["paths"] and "text/event-stream" in chat["responses"]["200"]["content"]
+    assert chat["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "sctir" in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
 
 
 def test_a_completion_is_the_winning_solution_ending_in_the_vote(client: openai.OpenAI) -> None:
@@ -340,3 +349,100 @@ def test_api_keys() -> None:
         right = openai.OpenAI(base_url=f"{url}/v1", api_key="key-one", max_retries=0)
         assert right.models.list().data[0].id == "sctir"
         assert ask(right).model_extra["sctir"]["answer"] == "41"  # one candidate: candidate 0's 41
+
+
+def stream_lines(server: str, **params) -> list[str]:
+    """The non-empty lines of a streamed completion, as the wire carried them."""
+    body = {"model": "sctir", "messages": [{"role": "user", "content": PROBLEM}], "stream": True, **params}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        return [line for line in response.iter_lines() if line]
+
+
+def test_streamed_content_joined_is_the_non_streamed_message(client: openai.OpenAI) -> None:
+    whole = ask(client, seed=3)
+    chunks = list(ask(client, seed=3, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(chunk.object == "chat.completion.chunk" and chunk.id == chunks[0].id for chunk in chunks)
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert content == whole.choices[0].message.content == solution(42)
+    assert len([chunk for chunk in chunks if chunk.choices[0].delta.content]) > 1  # in pieces
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop" and not last.choices[0].delta.content
+    assert all(chunk.choices[0].finish_reason is None for chunk in chunks[:-1])
+    streamed_vote, vote = last.model_extra["sctir"], whole.model_extra["sctir"]
+    assert streamed_vote.pop("request_id") != vote.pop("request_id") and streamed_vote == vote
+    assert last.usage is None  # not asked for
+
+
+def test_a_stream_ends_with_the_usage_when_asked(client: openai.OpenAI) -> None:
+    whole = ask(client, seed=4)
+    chunks = list(ask(client, seed=4, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert chunks[-2].choices[0].finish_reason == "stop"
+
+
+def test_progress_rides_in_comments_before_the_message(server: str) -> None:
+    lines = stream_lines(server, seed=2)
+    comments = [line[1:].strip() for line in lines if line.startswith(":")]
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data:")]
+    assert data[0].startswith('{"id":"chatcmpl-') and '"delta":{"role":"assistant","content":""}' in data[0]
+    assert data[-1] == "[DONE]" and lines[-1] == "data: [DONE]"
+    assert comments[0] == "solving: 3 candidates, up to 3 steps each, seed 2"
+    assert sum(comment.startswith("candidate ") and "code ran (ok" in comment for comment in comments) == 3
+    finished = [comment for comment in comments if " answered " in comment]
+    assert sorted(comment.split(";")[0] for comment in finished) == [
+        "candidate 0 answered 41",
+        "candidate 1 answered 42",
+        "candidate 2 answered 42",
+    ]
+    assert finished[-1].endswith("; leader 42 2/3 votes; 0 running, decided")  # whichever finished last
+    first_content = next(i for i, line in enumerate(lines) if '"content":"Compute' in line)
+    assert max(i for i, line in enumerate(lines) if line.startswith(":")) < first_content  # progress first
+
+
+def test_every_candidate_failing_ends_the_stream_with_an_error(client: openai.OpenAI, script: Switchable) -> None:
+    script.script = fails("engine stalled: no token for 20 s")
+    with pytest.raises(openai.APIError) as failed:
+        list(ask(client, stream=True))
+    assert "every candidate failed" in failed.value.message and failed.value.code == "all_candidates_failed"
+
+
+def test_a_full_queue_is_a_429_before_the_stream(server: str, client: openai.OpenAI, script: Switchable) -> None:
+    script.script = lambda c, s, p: ([code(42), ANSWER.format(42)][min(s, 1)], 1.0)
+    threads = [threading.Thread(target=ask, args=(client,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)  # the first takes the slot, the second the queue place
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(client, stream=True)
+    for thread in threads:
+        thread.join()
+    assert refused.value.response.headers["content-type"] == "application/json"
+    assert refused.value.code == "rate_limit_exceeded"
+
+
+def test_a_client_that_leaves_mid_stream_cancels_the_candidates(
+    server: str, script: Switchable, engine: ScriptedEngine
+) -> None:
+    script.script = lambda c, s, p: (code(42), 0.0) if s == 0 else (ANSWER.format(42), 30.0)
+    aborted_before = len(engine.aborted)
+    body = {"model": "sctir", "messages": [{"role": "user", "content": PROBLEM}], "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if "code ran" in line:  # the candidates are in their second, 30 s step now
+                break
+    for _ in range(100):  # bounded wait for the server to notice
+        if len(engine.aborted) - aborted_before == 3 and not engine.running:
+            break
+        time.sleep(0.05)
+    assert len(engine.aborted) - aborted_before == 3 and not engine.running
+
+
+def test_keep_alive_comments_while_nothing_happens(
+    server: str, script: Switchable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.2)
+    script.script = lambda c, s, p: ([code(42), ANSWER.format(42)][min(s, 1)], 1.0)
+    lines = stream_lines(server, sctir={"num_samples": 1})
+    assert sum(line.startswith(": ping") for line in lines) >= 3 and lines[-1] == "data: [DONE]"

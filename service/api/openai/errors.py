@@ -23,8 +23,7 @@ from service.admission import Overloaded
 from service.api.disconnect import ClientGone
 from service.api.errors import ERRORS_SHOWN, Unauthorized, json_syntax_error
 from service.api.openai.schemas import ErrorBody, ErrorDetail
-from service.api.routes import ENGINE_RETRY_AFTER_S
-from service.solving import AllCandidatesFailed
+from service.api.streaming import Failed
 
 log = logging.getLogger("service.api")  # the API's records under one name, whichever of its modules logs
 INVALID = "invalid_request_error"
@@ -83,6 +82,16 @@ def invalid(exc: RequestValidationError) -> OpenAIError:
     return OpenAIError(400, "; ".join(parts), param=param_of(errors[0]["loc"]), code=code)
 
 
+# OpenAI's error type and code for the statuses a solve ends with (service.api.streaming.Failed)
+FAILURES = {429: ("rate_limit_error", "rate_limit_exceeded"), 503: ("server_error", "all_candidates_failed")}
+
+
+def failure(failed: Failed) -> OpenAIError:
+    """A solve that ended without a vote (a full queue, every candidate failed), as POST /solve reports it."""
+    type_, code = FAILURES.get(failed.status, ("server_error", None))
+    return OpenAIError(failed.status, failed.message, type=type_, code=code, headers=failed.headers())
+
+
 def as_openai(exc: Exception) -> OpenAIError:
     """The OpenAI-shaped form of whatever the route raised (the same statuses as POST /solve's, 400 for 422)."""
     match exc:
@@ -94,11 +103,7 @@ def as_openai(exc: Exception) -> OpenAIError:
             message = "authorization: a valid bearer token (one of SCTIR_API_KEYS) is required"
             return OpenAIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         case Overloaded():
-            headers = {"Retry-After": str(exc.retry_after_s)}
-            return OpenAIError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded", headers=headers)
-        case AllCandidatesFailed():
-            headers = {"Retry-After": str(ENGINE_RETRY_AFTER_S)} if exc.engine_down else None
-            return OpenAIError(503, str(exc), type="server_error", code="all_candidates_failed", headers=headers)
+            return failure(Failed(status=429, message=str(exc), retry_after_s=exc.retry_after_s))
         case ClientGone():
             return OpenAIError(499, "client closed the request")
         case StarletteHTTPException():  # 413 (body too large), 415 (not JSON), 400 (not UTF-8)

@@ -13,14 +13,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 
 from service.api.disconnect import cancel_on_disconnect
 from service.api.openai.answer import chat_completion
-from service.api.openai.errors import OpenAIError, OpenAIRoute
+from service.api.openai.errors import OpenAIError, OpenAIRoute, failure
 from service.api.openai.schemas import MODEL_ID, ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
-from service.api.routes import require_api_key, require_json
-from service.api.state import Collaborators, collaborators
-from service.schemas import SolveResponse
+from service.api.openai.stream import chunk_stream
+from service.api.routes import last, require_api_key, require_json
+from service.api.state import collaborators
+from service.api.streaming import Failed, Result, solve_events
 from service.settings import Settings
-from service.solver import SolveConfig, SolveResult
-from service.solving import AllCandidatesFailed, solve_once
 
 SERVING_SINCE = int(time.time())  # the `created` of the model card
 CHAT_ERRORS = (400, 401, 404, 413, 415, 429, 503)
@@ -44,30 +43,23 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[model_card(collaborators(request).settings)])
 
 
-async def solved(api: Collaborators, problem: str, config: SolveConfig, request: Request) -> tuple[float, SolveResult]:
-    """(Seconds queued, the result) as POST /solve solves: admitted, metered, cancelled if the client leaves."""
-
-    async def admitted() -> tuple[float, SolveResult]:
-        async with api.admission.slot() as queue_s:
-            return queue_s, await solve_once(api.solver, problem, config, request.state.request_id)
-
-    started = time.monotonic()
-    try:
-        queue_s, result = await cancel_on_disconnect(admitted(), request)
-    except AllCandidatesFailed as failure:
-        api.metrics.observe_solve(failure.result, time.monotonic() - started, all_failed=True)
-        raise
-    api.metrics.observe_solve(result, time.monotonic() - started, all_failed=False)
-    return queue_s, result
-
-
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     api = collaborators(request)
+    request_id = request.state.request_id
     model = chosen_model(body.model, api.settings)
     config = body.to_config(api.settings)
-    queue_s, result = await solved(api, body.problem, config, request)
-    response = SolveResponse.from_result(result, config, request.state.request_id, queue_s, traces=True)
-    return chat_completion(response, model, int(time.time()))
+    created = int(time.time())
+    # traces: the message is the winning candidate's text
+    events = solve_events(api, body.problem, config, request_id, traces=True, progress=body.stream)
+    if body.stream:
+        api.admission.check()  # a full queue is a 429 before the stream starts, as for one JSON body
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return chunk_stream(events, model, created, request_id, config, include_usage)
+    outcome = await cancel_on_disconnect(last(events), request)  # a client that leaves cancels the solve
+    if isinstance(outcome, Failed):
+        raise failure(outcome)
+    assert isinstance(outcome, Result)
+    return chat_completion(outcome.response, model, created)
 
 
 def add_openai_routes(app: FastAPI, *, api_keys: bool) -> None:
@@ -89,6 +81,17 @@ def add_openai_routes(app: FastAPI, *, api_keys: bool) -> None:
         dependencies=[Depends(require_json)],
         response_model=ChatCompletion,
         summary="Solve the last user message with SC-TIR (OpenAI's chat completions)",
-        responses={status: {"model": ErrorBody} for status in CHAT_ERRORS},
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "description": "With `stream`: chat.completion.chunk events (the role, then the winning "
+                        "solution by lines, then finish_reason and `sctir`, the usage if asked for), `data: [DONE]`; "
+                        "progress as SSE comments before the solution (see the README)."
+                    }
+                }
+            },
+            **{status: {"model": ErrorBody} for status in CHAT_ERRORS},
+        },
     )
     app.include_router(router)
