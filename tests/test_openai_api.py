@@ -6,7 +6,6 @@ The same API with the demo model, vLLM and the Docker sandbox: tests/test_openai
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from sandbox.executors import LocalExecutor
 from service.api import streaming
 from service.api.app import create_app
 from service.settings import Settings
+from tests.support.chat import final_box, streamed_content
 from tests.support.doubles import ScriptedEngine, fails
 from tests.support.servers import serve_in_thread
 
@@ -92,12 +92,6 @@ def client(server: str) -> openai.OpenAI:
 
 def ask(client: openai.OpenAI, problem: str = PROBLEM, **params) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(model="sctir", messages=[{"role": "user", "content": problem}], **params)
-
-
-def final_box(content: str) -> str | None:
-    """What the content's last \\boxed{} holds, if nothing but closing delimiters and a full stop follow it."""
-    match = re.search(r"\\boxed\{([^{}]*)\}[\s$.]*\Z", content)
-    return match.group(1) if match else None
 
 
 def test_models_list_in_openai_shape(client: openai.OpenAI, server: str) -> None:
@@ -364,7 +358,7 @@ def test_streamed_content_joined_is_the_non_streamed_message(client: openai.Open
     chunks = list(ask(client, seed=3, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(chunk.object == "chat.completion.chunk" and chunk.id == chunks[0].id for chunk in chunks)
-    content = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    content = streamed_content(chunks)
     assert content == whole.choices[0].message.content == solution(42)
     assert len([chunk for chunk in chunks if chunk.choices[0].delta.content]) > 1  # in pieces
     last = chunks[-1]
