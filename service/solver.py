@@ -315,12 +315,10 @@ class Solver:
         engine: Engine,
         executor: Executor,
         on_execution: Callable[[ExecutionResult, float], None] | None = None,
-        on_candidate: Callable[[Candidate], None] | None = None,
     ) -> None:
         self.engine = engine
         self.executor = executor
         self.on_execution = on_execution  # e.g. metrics; called once per executed block
-        self.on_candidate = on_candidate  # e.g. a progress bar; called once per candidate that finishes
 
     async def solve(
         self, problem: str, config: SolveConfig, request_id: str, listener: Listener | None = None
@@ -345,8 +343,6 @@ class Solver:
                 log.exception("candidate crashed")
                 candidate.fail(Failure.INTERNAL, repr(error))
             running.discard(candidate.index)
-            if self.on_candidate:
-                self.on_candidate(candidate)
             vote = live_ballot.add(candidate.index, candidate.answer) if candidate.answer is not None else None
             leader_unbeatable = live_ballot.is_decided(running)
             if listener:

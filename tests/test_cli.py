@@ -226,6 +226,18 @@ def test_solve_shows_progress_on_a_terminal_only(model_server: FakeServer) -> No
     assert "candidates" not in piped.stderr and "starting the engine" not in piped.stderr
 
 
+def test_solve_against_the_server_shows_its_progress_on_a_terminal(service) -> None:
+    """Streamed from the service (POST /solve with `stream`): the same bar as in-process, the same answer."""
+    url, _ = service
+    code, stdout, terminal = run_with_stderr_on_a_terminal([*SCTIR, "solve", PROBLEM, "--url", url], default_env())
+    assert code == ExitCode.OK and "answer: 42" in stdout
+    assert re.search(r"[1-3]/3 candidates, leader 42 \([1-3] votes?\)", terminal), terminal
+    code, stdout, terminal = run_with_stderr_on_a_terminal(
+        [*SCTIR, "solve", PROBLEM, "--url", url + "/x"], default_env()
+    )
+    assert code == ExitCode.USAGE and stdout == "" and "404" in terminal
+
+
 def test_help_lists_the_exit_codes() -> None:
     run = sctir("--help", env=default_env(), timeout=60)
     assert run.returncode == 0 and "exit codes" in run.stdout

@@ -21,6 +21,7 @@ from service.api.middleware import (
 from service.api.openai import add_openai_routes
 from service.api.routes import add_routes
 from service.api.state import Collaborators
+from service.api.web import add_web_routes
 from service.components import build
 from service.engines.base import Engine
 from service.engines.vllm_local import VllmEngine
@@ -48,6 +49,7 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     app.add_middleware(StartupFailureMiddleware)
     add_routes(app, api_keys=bool(api.api_keys))
     add_openai_routes(app, api_keys=bool(api.api_keys))
+    add_web_routes(app)
     return app
 
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from service.answers import AnswerMode, Ballot
-
-if TYPE_CHECKING:  # pragma: no cover
-    from service.solver import Candidate
+from service.events import SolveEvent, VoteTally
 
 
 class SolveProgress:
-    """A spinner and the elapsed time; in-process also candidates finished / total and the leading answer
-    with its votes.
+    """A spinner and the elapsed time; once solving, candidates finished / total and the leading answer
+    with its votes (the solver's live tally, in-process or from the service's stream).
 
     Transient (it leaves no trace), and log records print above it (service.logs writes to the
     sys.stderr that rich redirects).
@@ -34,9 +29,7 @@ class SolveProgress:
             disable=not self.enabled,
         )
         self.task = self.progress.add_task(description, total=None)
-        self.done = 0
         self.total = 0
-        self.ballot: Ballot | None = None
 
     def __enter__(self) -> SolveProgress:
         self.progress.start()
@@ -48,18 +41,22 @@ class SolveProgress:
     def phase(self, description: str) -> None:
         self.progress.update(self.task, description=description)
 
-    def solving(self, total: int, answer_mode: AnswerMode) -> None:
-        self.done, self.total, self.ballot = 0, total, Ballot(answer_mode)
+    def solving(self, total: int) -> None:
+        self.total = total
         self.progress.update(self.task, description=f"0/{total} candidates", total=total, completed=0)
 
-    def candidate_done(self, candidate: Candidate) -> None:
-        """The Solver's on_candidate: count it and its vote (the live leader, as the solver's early stop sees it)."""
-        if not self.enabled or self.ballot is None:
+    def hear(self, event: SolveEvent) -> None:
+        """The solver's listener: each tally of the vote moves the bar and names the leader."""
+        if not isinstance(event, VoteTally) or not self.enabled:
             return
-        self.done += 1
-        if candidate.answer is not None:
-            self.ballot.add(candidate.index, candidate.answer)
-        leader = self.ballot.classes[0] if self.ballot.classes else None
-        lead = f"leader {leader.answer} ({leader.votes} vote{'s' * (leader.votes > 1)})" if leader else "no answer yet"
-        description = f"{self.done}/{self.total} candidates, {lead}"
-        self.progress.update(self.task, description=description, completed=self.done, refresh=True)
+        votes = event.votes.get(event.leader, 0) if event.leader is not None else 0
+        lead = f"leader {event.leader} ({votes} vote{'s' * (votes > 1)})" if votes else "no answer yet"
+        description = f"{event.finished}/{self.total} candidates, {lead}"
+        self.progress.update(self.task, description=description, completed=event.finished, refresh=True)
+
+    def told(self, name: str, data: dict) -> None:
+        """An event of the service's stream (its name and data), heard as the in-process solver's."""
+        if name == "start":
+            self.solving(data["num_samples"])
+        elif name == "vote":
+            self.hear(VoteTally.model_validate(data))

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     configure_logs(settings, args.log_level or quiet_level(settings))
     with SolveProgress(f"waiting for {args.url}" if args.url else "starting the engine") as progress:
         if args.url:
-            response = asyncio.run(solve_remote(request, args.url, args.api_key))
+            response = asyncio.run(solve_remote(request, args.url, args.api_key, progress))
         else:
             response = asyncio.run(solve_in_process(request, settings, progress))
     if args.json:
@@ -108,11 +108,12 @@ async def solve_in_process(request: SolveRequest, settings: Settings, progress: 
             await executor.start()
         except ExecutorError as error:  # its messages name the way out
             raise CliError(ExitCode.UNAVAILABLE, f"the executor did not start: {error}") from error
-        progress.solving(config.num_samples, config.answer_mode)
+        progress.solving(config.num_samples)
         request_id = uuid.uuid4().hex
-        solver = Solver(engine, executor, on_candidate=progress.candidate_done)
+        solver = Solver(engine, executor)
         try:
-            result = await solve_once(solver, request.problem, config, request_id)
+            listener = progress.hear if progress.enabled else None  # no events built for nobody
+            result = await solve_once(solver, request.problem, config, request_id, listener)
         except AllCandidatesFailed as failure:
             raise CliError(
                 ExitCode.UNAVAILABLE,
@@ -146,13 +147,14 @@ def build_components(settings: Settings) -> Components:
         raise CliError(ExitCode.USAGE, str(error)) from error
 
 
-async def solve_remote(request: SolveRequest, url: str, api_key: str | None) -> SolveResponse:
-    """The response of the service at `url`; its errors as the CLI reports them (HTTP_ERRORS)."""
+async def solve_remote(request: SolveRequest, url: str, api_key: str | None, progress: SolveProgress) -> SolveResponse:
+    """The response of the service at `url` (streamed, to show its progress on a terminal); its errors as the
+    CLI reports them (HTTP_ERRORS)."""
     from service.client import InvalidServiceUrl, ServiceError, ServiceUnreachable, SolveClient
 
     async with SolveClient(url, api_key) as client:
         try:
-            return await client.solve(request)
+            return await client.solve(request, progress.told if progress.enabled else None)
         except InvalidServiceUrl as error:
             raise CliError(ExitCode.USAGE, f"bad --url {url!r}: {error}", "give the service's base URL") from error
         except ServiceUnreachable as error:
