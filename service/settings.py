@@ -55,7 +55,7 @@ class Settings(BaseSettings, SolveParameters):
     )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
-        description='Bearer tokens accepted on /solve (JSON list, e.g. \'["k1","k2"]\'); empty: no auth.',
+        description='Bearer tokens accepted on /solve and /v1 (JSON list, e.g. \'["k1","k2"]\'); empty: no auth.',
     )
     allow_unauthenticated_public: bool = Field(
         False,

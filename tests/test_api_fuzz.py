@@ -38,6 +38,9 @@ def url() -> Iterator[str]:
         ("/solve", "POST", GenerationMode.NEGATIVE),  # invalid bodies, types, bounds
         ("/healthz", "GET", GenerationMode.POSITIVE),  # (no parameters: nothing negative to make)
         ("/readyz", "GET", GenerationMode.POSITIVE),
+        # (positive chat bodies are left out: that the last user message holds the problem is beyond the schema)
+        ("/v1/chat/completions", "POST", GenerationMode.NEGATIVE),
+        ("/v1/models", "GET", GenerationMode.POSITIVE),
     ],
 )
 def test_no_server_error(url: str, path: str, method: str, mode: GenerationMode) -> None:
@@ -56,3 +59,5 @@ def test_no_server_error(url: str, path: str, method: str, mode: GenerationMode)
     check()
     if path == "/solve":  # the fuzzing really reached the solver or the validation
         assert (200 in statuses) if mode is GenerationMode.POSITIVE else (422 in statuses)
+    if path == "/v1/chat/completions":  # OpenAI's status for invalid parameters
+        assert 400 in statuses

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import httpx
+import openai
 import pytest
 
+from tests.support.chat import final_box, streamed_content
 from tests.support.docker import require_docker
 from tests.support.servers import free_port, wait_until_up
 from tests.support.sse import read_stream
@@ -129,6 +131,39 @@ def test_the_stream_shows_the_model_at_work_and_ends_in_the_json_result(service:
         if "cancelled" not in (ours["status"], theirs["status"])
     ]
     assert both and all(ours == theirs for ours, theirs in both)
+
+
+def test_the_openai_client_gets_the_winning_solution_streamed_and_not(service: Service) -> None:
+    """The official `openai` client, as any chat UI would use it: the message is a real solution (the model's
+    code, what the sandbox printed) ending in the voted answer; streamed, the same message; usage over all.
+
+    Early stopping makes which candidates finish a matter of timing, so the comparisons of one seed's
+    message and usage across calls take one candidate (which nothing stops early)."""
+    problem = heldout_problems(3)[2]
+    expected = str(problem.answer)
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def ask(num_samples: int, **params) -> openai.types.chat.ChatCompletion:
+        messages = [{"role": "user", "content": problem.problem}]
+        sctir = {"num_samples": num_samples}
+        return client.chat.completions.create(model="sctir", messages=messages, extra_body={"sctir": sctir}, **params)
+
+    voted = ask(4, seed=3)
+    content, sctir = voted.choices[0].message.content, voted.model_extra["sctir"]
+    assert sctir["answer"] == expected == final_box(content) and sum(sctir["candidates"].values()) == 4
+    output = content.split("```output\n", 1)[1].split("\n```", 1)[0]
+    assert "```python" in content and output.strip() == expected  # printed by the sandbox
+
+    whole = ask(1, seed=3)
+    chunks = list(ask(1, seed=3, stream=True, stream_options={"include_usage": True}))
+    assert final_box(whole.choices[0].message.content) == expected
+    assert streamed_content(chunks) == whole.choices[0].message.content and chunks[-1].usage == whole.usage
+    body = {"problem": problem.problem, "num_samples": 1, "seed": 3}
+    usage = httpx.post(f"{service.url}/solve", json=body, timeout=300).json()["usage"]
+    assert whole.usage.prompt_tokens == usage["prompt_tokens"]
+    assert whole.usage.completion_tokens == usage["completion_tokens"]
+    assert whole.usage.total_tokens == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+    assert client.models.list().data[0].id == "sctir"
 
 
 async def solve_examples(url: str, seed: int) -> dict[str, dict]:

@@ -6,4 +6,5 @@ state       what the handlers work with (solver, engine, executor, admission, me
 middleware  request id, body limit, start-up failure in one line
 errors      the ErrorResponse of every failure and the exception handlers
 disconnect  a client that leaves cancels its candidates
+openai/     the OpenAI-compatible API: /v1/models, /v1/chat/completions
 """

@@ -18,6 +18,7 @@ from service.api.middleware import (
     StartupFailed,
     StartupFailureMiddleware,
 )
+from service.api.openai import add_openai_routes
 from service.api.routes import add_routes
 from service.api.state import Collaborators
 from service.api.web import add_web_routes
@@ -47,6 +48,7 @@ def create_app(settings: Settings, engine: Engine | None = None, executor: Execu
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(StartupFailureMiddleware)
     add_routes(app, api_keys=bool(api.api_keys))
+    add_openai_routes(app, api_keys=bool(api.api_keys))
     add_web_routes(app)
     return app
 
