@@ -19,7 +19,7 @@ from sandbox.executors import LocalExecutor
 from service.api.app import create_app
 from service.api.middleware import MAX_BODY_BYTES
 from service.settings import Settings
-from tests.support.doubles import ScriptedEngine, fails
+from tests.support.doubles import ScriptedEngine, Switchable, fails
 from tests.support.servers import serve_in_thread
 
 CODE = "Compute:\n```python\nprint(6*7)\n```\n```output\n"
@@ -34,19 +34,9 @@ def slow(candidate: int, step: int, prompt: str) -> tuple[str, float]:
     return CODE, 30.0
 
 
-class Switchable:
-    """A script the tests can swap while the server runs."""
-
-    def __init__(self) -> None:
-        self.script = quick
-
-    def __call__(self, candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        return self.script(candidate, step, prompt)
-
-
 @pytest.fixture(scope="module")
 def script() -> Switchable:
-    return Switchable()
+    return Switchable(quick)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +57,7 @@ def server(engine: ScriptedEngine) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def reset(script: Switchable, engine: ScriptedEngine) -> Iterator[None]:
     yield
-    script.script = quick
+    script.reset()
     engine.is_ready = True
 
 
@@ -292,7 +282,7 @@ def test_every_candidate_failing_is_a_503(server: str, script: Switchable) -> No
     response = solve(server, problem="p", num_samples=2)
     assert response.status_code == 503
     assert "connection refused by the model server" in response.json()["message"]
-    script.script = quick
+    script.reset()
     assert solve(server, problem="p", num_samples=1).status_code == 200  # still serving
 
 
@@ -326,7 +316,7 @@ def test_client_disconnect_cancels_the_candidates(server: str, script: Switchabl
             break
         time.sleep(0.05)
     assert len(engine.aborted) - aborted_before == 2 and not engine.running
-    script.script = quick
+    script.reset()
     assert solve(server, problem="p", num_samples=1).status_code == 200  # the slot was freed
 
 

@@ -18,7 +18,7 @@ from service.api import streaming
 from service.api.app import create_app
 from service.settings import Settings
 from service.tir import OUTPUT_MARKER, output_block
-from tests.support.doubles import ScriptedEngine, fails
+from tests.support.doubles import ScriptedEngine, Switchable, fails
 from tests.support.servers import serve_in_thread
 from tests.support.solving import boxed, code
 from tests.support.sse import Stream, events_of, read_stream
@@ -38,17 +38,9 @@ def slowly(delay_s: float):
     return lambda candidate, step, prompt: (varied(candidate, step, prompt)[0], delay_s)
 
 
-class Switchable:
-    def __init__(self) -> None:
-        self.script = varied
-
-    def __call__(self, candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        return self.script(candidate, step, prompt)
-
-
 @pytest.fixture(scope="module")
 def script() -> Switchable:
-    return Switchable()
+    return Switchable(varied)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def server(engine: ScriptedEngine) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def reset(script: Switchable) -> Iterator[None]:
     yield
-    script.script = varied
+    script.reset()
 
 
 def stream(url: str, **body) -> Stream:
@@ -175,7 +167,7 @@ def test_a_client_that_leaves_mid_stream_cancels_its_candidates(
             break
         time.sleep(0.05)
     assert len(engine.aborted) - aborted_before == 3 and not engine.running
-    script.script = varied
+    script.reset()
     assert stream(server, problem="p").named("result")  # the slot was freed
 
 

@@ -19,7 +19,7 @@ from service.api import streaming
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.chat import final_box, streamed_content
-from tests.support.doubles import ScriptedEngine, fails
+from tests.support.doubles import ScriptedEngine, Switchable, fails
 from tests.support.servers import serve_in_thread
 
 SERVED = "NuminaMath-7B-TIR-test"  # the served model's name: an alias of "sctir"
@@ -42,19 +42,9 @@ def split_vote(candidate: int, step: int, prompt: str) -> tuple[str, float]:
     return [code(value), ANSWER.format(value)][min(step, 1)], 0.0
 
 
-class Switchable:
-    """A script the tests can swap while the server runs."""
-
-    def __init__(self) -> None:
-        self.script = split_vote
-
-    def __call__(self, candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        return self.script(candidate, step, prompt)
-
-
 @pytest.fixture(scope="module")
 def script() -> Switchable:
-    return Switchable()
+    return Switchable(split_vote)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,7 @@ def server(engine: ScriptedEngine) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def reset(script: Switchable) -> Iterator[None]:
     yield
-    script.script = split_vote
+    script.reset()
 
 
 @pytest.fixture(scope="module")

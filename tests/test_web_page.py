@@ -24,7 +24,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from tests.support.browser import PageProblems, chromium, require_browser
 from tests.support.docker import require_docker
-from tests.support.doubles import ScriptedEngine, fails
+from tests.support.doubles import ScriptedEngine, Switchable, fails
 from tests.support.servers import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,19 +149,9 @@ def slow(candidate: int, step: int, prompt: str) -> tuple[str, float]:
     return CODE, 60.0
 
 
-class Switchable:
-    """A script the tests can swap while the server runs."""
-
-    def __init__(self) -> None:
-        self.script = quick
-
-    def __call__(self, candidate: int, step: int, prompt: str) -> tuple[str, float]:
-        return self.script(candidate, step, prompt)
-
-
 @pytest.fixture(scope="module")
 def script() -> Switchable:
-    return Switchable()
+    return Switchable(quick)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +171,7 @@ def test_the_api_key_goes_in_a_bearer_header_and_stays_in_the_tab(
 ) -> None:
     from playwright.sync_api import expect
 
-    script.script = quick
+    script.reset()
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     problems = PageProblems().watch(page)

@@ -66,6 +66,19 @@ class ScriptedEngine:
         pass
 
 
+class Switchable:
+    """A script the tests can swap while the server runs; reset() brings back the module's usual one."""
+
+    def __init__(self, default: Script) -> None:
+        self.default = self.script = default
+
+    def __call__(self, candidate: int, step: int, prompt: str) -> tuple[str, float]:
+        return self.script(candidate, step, prompt)
+
+    def reset(self) -> None:
+        self.script = self.default
+
+
 def fails(message: str) -> Script:
     def script(candidate: int, step: int, prompt: str) -> tuple[str, float]:
         raise EngineError(message)
