@@ -161,7 +161,7 @@ class Told:
 
     def text(self, delta: str) -> None:
         start, self._position = self._position, self._position + len(delta)
-        repeated = len(self._told) - start
+        repeated = min(len(self._told) - start, len(delta))  # characters of `delta` told before
         if repeated > 0 and delta[:repeated] != self._told[start : start + repeated]:
             log.warning("a retried step's text differs from what its first attempt streamed")
         new = delta[max(0, repeated) :]
