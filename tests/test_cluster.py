@@ -11,6 +11,7 @@ and with an engine replica killed mid-problem every problem is still answered, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -102,7 +103,9 @@ class RayCluster:
 def cluster(settings: Settings, baseline: list[dict[str, Any]]) -> Iterator[RayCluster]:
     """Head + two worker nodes; on each worker an engine replica and a solver replica."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
-    with pytest.MonkeyPatch.context() as env:
+    with contextlib.ExitStack() as cleanup, pytest.MonkeyPatch.context() as env:
+        cleanup.callback(reset_auth_token_state)  # last, once the environment is restored: Ray forgets this token
+        cleanup.callback(shutil.rmtree, temp, ignore_errors=True)
         # Token auth on, with a token of this test's own (not one written under the home directory).
         env.setenv("RAY_AUTH_MODE", "token")
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
@@ -138,8 +141,6 @@ def cluster(settings: Settings, baseline: list[dict[str, Any]]) -> Iterator[RayC
             serve.shutdown()
             ray.shutdown()
             nodes.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-    reset_auth_token_state()
 
 
 def engine_replicas(handle: serve.handle.DeploymentHandle) -> dict[str, ray.actor.ActorHandle]:
