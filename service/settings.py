@@ -130,6 +130,19 @@ class Settings(BaseSettings, SolveParameters):
         "unset: vLLM picks one for the hardware.",
     )
 
+    # A Ray Serve cluster (service.cluster): engine replicas reached by handle from solver replicas
+    ray_affinity: bool = Field(
+        True,
+        description="ray: send every step of a problem to one engine replica (its prefix cache holds the problem), "
+        "another only when that one is full or gone; off: Ray Serve's default routing (power of two choices).",
+    )
+    ray_step_retries: int = Field(
+        2,
+        ge=0,
+        description="ray: times a step is sent again (same text so far, same seed) when the engine replica running "
+        "it dies.",
+    )
+
     # Code execution
     executor: ExecutorKind = Field(
         ExecutorKind.DOCKER,

@@ -62,6 +62,13 @@ def test_service_imports_training_only_in_the_cli_train_and_demo_commands() -> N
     assert [line for line in found if line.split(" imports ")[0] not in KNOWS_TRAINING] == []
 
 
+def test_only_the_cluster_package_imports_ray() -> None:
+    """Ray is the cluster's dependency alone: the single-box service, the sandbox and training never load it."""
+    found = [line for folder in PRODUCT for line in violations(folder, (), ("ray",))]
+    assert [line for line in found if not line.startswith("service/cluster/")] == []
+    assert any(line.startswith("service/cluster/") for line in found)  # the rule sees the package's imports
+
+
 def test_no_module_imports_a_test_module() -> None:
     """What tests share lives in tests/support, so no test module is imported for its helpers."""
     found = [

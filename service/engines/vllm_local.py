@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,9 +115,13 @@ class VllmEngine:
         *,
         prompt_template: str = NUMINA_PROMPT_TEMPLATE,
         stall_s: float = DEFAULT_STALL_S,
+        stat_loggers: Sequence[Any] = (),
     ) -> None:
+        """`stat_loggers`: vLLM stat logger factories besides its own (a Ray Serve replica exports its metrics
+        through Ray's with vLLM's RayPrometheusStatLogger)."""
         self.options = options
         self._prompt_template = prompt_template
+        self._stat_loggers = list(stat_loggers)
         self._engine: AsyncLLM | None = None
         self._has_chat_template = False
         self._in_flight = InFlight()  # cancelling a step's task aborts its vLLM request
@@ -145,7 +150,7 @@ class VllmEngine:
             args = AsyncEngineArgs(**options.engine_args(cpu=current_platform.is_cpu()))
             # No local name for the engine: this frame can outlive the call (a lazy import below
             # keeps it referenced), and the engine must go with close(), not at interpreter exit.
-            self._engine = AsyncLLM.from_engine_args(args)
+            self._engine = AsyncLLM.from_engine_args(args, stat_loggers=self._stat_loggers or None)
         except Exception as exc:  # vLLM raises ValueError, OSError, RuntimeError, pydantic errors...
             raise EngineError(_start_failure(options, exc)) from exc
         log.info("vLLM engine for %s started in %.1f s", options.model, time.monotonic() - started)

@@ -1,0 +1,48 @@
+"""The Serve application: the engine deployment and the solver deployment (the HTTP ingress) bound together.
+
+Deployment options given here are defaults: a Serve config file (or the caller's `engine_options` and
+`solver_options`) sets replicas, autoscaling and where replicas go (ray_actor_options: CPUs, GPUs, custom
+resources, the vLLM environment).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from service.cluster.engine_replica import EngineReplica
+from service.cluster.router import AffinityRouter
+from service.cluster.solver_replica import SolverReplica
+from service.machine import choose
+from service.settings import EngineKind, Settings
+
+ENGINE = "Engine"
+SOLVER = "Solver"
+# Steps one engine replica takes at once. vLLM batches them itself (its own max_num_seqs); this is where the
+# affinity router spills a problem's steps over to the least loaded replica, and Serve queues beyond it.
+ENGINE_MAX_ONGOING_REQUESTS = 256
+# Requests beyond the app's own limits (problems in flight and queued) still reach the app, which answers
+# 429, and the probes (/healthz, /readyz, /metrics) always do.
+SOLVER_SPARE_REQUESTS = 8
+
+
+def build_app(
+    settings: Settings, *, engine_options: dict[str, Any] | None = None, solver_options: dict[str, Any] | None = None
+) -> Application:
+    """The application: solver replicas (HTTP) over engine replicas, from `settings` (a vLLM engine's)."""
+    settings = choose(settings.model_copy(update={"engine": EngineKind.VLLM}))
+    routing: dict[str, Any] = {}
+    if settings.ray_affinity:
+        routing["request_router_config"] = RequestRouterConfig(request_router_class=AffinityRouter)
+    engine = serve.deployment(
+        EngineReplica, name=ENGINE, max_ongoing_requests=ENGINE_MAX_ONGOING_REQUESTS, **routing
+    ).options(**(engine_options or {}))
+    solver = serve.deployment(
+        serve.ingress()(SolverReplica),
+        name=SOLVER,
+        max_ongoing_requests=settings.max_in_flight + settings.max_queue + SOLVER_SPARE_REQUESTS,
+    ).options(**(solver_options or {}))
+    return solver.bind(settings, engine.bind(settings))

@@ -1,0 +1,38 @@
+"""A solver replica: the service's FastAPI app as Ray Serve's HTTP ingress, its engine the engine deployment.
+
+Built in the replica (not pickled from the driver): its own sandbox pool on its node, its own admission
+(a full replica answers 429 as the single-box service does), and a RayEngine over the engine handle.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from service.api.app import create_app
+from service.cluster.engine import RayEngine
+from service.cluster.ledger import ProblemRecord
+from service.settings import Settings
+
+
+class SolverReplica:
+    """The solver deployment's replica class (service.cluster.app wraps it as Serve's ingress)."""
+
+    def __init__(self, settings: Settings, engine: DeploymentHandle) -> None:
+        self.settings = settings
+        self.engine = RayEngine(
+            engine,
+            retries=settings.ray_step_retries,
+            stall_s=settings.engine_stall_s,
+            prompt_template=settings.prompt_template,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve's hook for an ingress app built in the replica; Serve runs its lifespan (sandbox, engine)."""
+        return create_app(self.settings, engine=self.engine)
+
+    def ledger(self) -> tuple[str, dict[str, ProblemRecord]]:
+        """This replica's id, and per problem it solved the engine replicas that served its steps and the
+        steps retried (for operators, the affinity benchmark and tests)."""
+        return serve.get_replica_context().replica_id.unique_id, self.engine.ledger.snapshot()
