@@ -142,6 +142,11 @@ class SolveResponse(BaseModel):
     seed: int = Field(description="The seed used; send it back to reproduce this result.")
     stopped_early: bool = Field(description="The leader became unbeatable and the rest were aborted.")
     deadline_hit: bool = Field(description="The deadline cut the run; the vote is of what finished.")
+    retried_steps: int = Field(
+        0,
+        description="Steps sent again, with the same text so far and seed, because the engine replica running "
+        "them died (a Ray cluster: the answer is unchanged); 0 on one box.",
+    )
     candidates: list[CandidateSummary]
     timings: Timings
     usage: Usage
@@ -159,6 +164,7 @@ class SolveResponse(BaseModel):
             seed=result.seed,
             stopped_early=result.stopped_early,
             deadline_hit=result.deadline_hit,
+            retried_steps=result.retried_steps,
             candidates=[CandidateSummary.of(c, traces) for c in result.candidates],
             timings=Timings(
                 total_s=result.total_s + queue_s,

@@ -171,6 +171,7 @@ class Candidate:
     failure: Failure | None = None  # set with status FAILED
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retried_steps: int = 0  # steps the engine sent again after its replica died (service.cluster)
     generation_s: float = 0.0
     execution_s: float = 0.0
     executed_since_restart: bool = False
@@ -257,6 +258,7 @@ class SolveResult:
     execution_s: float = field(init=False)
     prompt_tokens: int = field(init=False)
     completion_tokens: int = field(init=False)
+    retried_steps: int = field(init=False)
 
     @classmethod
     def tally(
@@ -295,6 +297,7 @@ class SolveResult:
         self.execution_s = sum(c.execution_s for c in self.candidates)
         self.prompt_tokens = sum(c.prompt_tokens for c in self.candidates)
         self.completion_tokens = sum(c.completion_tokens for c in self.candidates)
+        self.retried_steps = sum(c.retried_steps for c in self.candidates)
 
 
 def _reference_order(candidate: Candidate) -> tuple[float, int]:
@@ -441,6 +444,7 @@ class Solver:
             candidate.generation_s += time.monotonic() - started
         candidate.prompt_tokens += result.prompt_tokens
         candidate.completion_tokens += result.completion_tokens
+        candidate.retried_steps += result.retried
         if result.finish_reason == "abort":
             return None
         untold = result.text[len("".join(told)) :]

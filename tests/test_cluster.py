@@ -315,6 +315,7 @@ def test_a_killed_engine_replica_costs_no_problem(
     ledgers = cluster.ledgers()
     retried = {rid: ledgers[rid].retried_steps for rid in request_ids}
     assert sum(retried[rid] for rid in on_victim) >= 1, retried
+    assert [response["retried_steps"] for response in responses] == [retried[rid] for rid in request_ids]
     assert all(retried[rid] == 0 for rid in request_ids if rid not in on_victim), retried
     for rid in on_victim:
         record = ledgers[rid]

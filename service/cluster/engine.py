@@ -134,7 +134,7 @@ class RayEngine:
                 if isinstance(item, StepFailed):
                     raise item.error()
                 self.ledger.served(call.request_id, item.replica)
-                return item.result
+                return replace(item.result, retried=told.retried)
         except RayActorError:
             raise
         except (RayError, RayServeException) as error:
@@ -157,8 +157,12 @@ class Told:
         self._on_text = on_text
         self._told = ""
         self._position = 0  # characters of the current attempt seen
+        self._attempts = 0
+        self.retried = False  # the current attempt is not the first
 
     def restart(self) -> None:
+        self.retried = self._attempts > 0
+        self._attempts += 1
         self._position = 0
 
     def text(self, delta: str) -> None:

@@ -87,6 +87,7 @@ class StepResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    retried: bool = False  # sent again after the engine replica running it died (service.cluster)
 
 
 @runtime_checkable
