@@ -21,7 +21,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from service.cluster.ledger import Ledger
-from service.cluster.protocol import StepDone, StepFailed, problem_of
+from service.cluster.protocol import StepFailed, problem_of
 from service.engines.base import DEFAULT_STALL_S, EngineError, StepRequest, StepResult
 from service.engines.inflight import InFlight
 from service.engines.progress import Progress
@@ -123,23 +123,25 @@ class RayEngine:
     async def _attempt(self, call: StepRequest, told: Told) -> StepResult:
         response = self._streaming.options(session_id=problem_of(call.request_id)).complete.remote(call)
         told.restart()
+        ended = False
         try:
             async for item in response:
                 self._progress.tick()
                 if isinstance(item, str):
                     told.text(item)
-                elif isinstance(item, StepDone):
-                    self.ledger.served(call.request_id, item.replica)
-                    return item.result
-                elif isinstance(item, StepFailed):
+                    continue
+                ended = True
+                if isinstance(item, StepFailed):
                     raise item.error()
-        except asyncio.CancelledError:
-            response.cancel()  # cancels the replica's method, which aborts the request in vLLM
-            raise
+                self.ledger.served(call.request_id, item.replica)
+                return item.result
         except RayActorError:
             raise
         except (RayError, RayServeException) as error:
             raise EngineError(f"the engine deployment failed the step: {error}") from error
+        finally:
+            if not ended:  # cancelled (an abort), or failed here: cancel the replica's method, which aborts in vLLM
+                response.cancel()
         raise EngineError("the engine replica's stream ended without a result")
 
 
