@@ -142,6 +142,21 @@ class Settings(BaseSettings, SolveParameters):
         description="ray: times a step is sent again (same text so far, same seed) when the engine replica running "
         "it dies.",
     )
+    ray_address: str | None = Field(
+        None,
+        description="ray: the Ray cluster `sctir cluster up` deploys onto and `sctir cluster down` removes the "
+        "service from (host:port of its head); unset: up starts Ray on this machine and serves until stopped.",
+    )
+    ray_engine_replicas: int = Field(1, ge=1, description="ray: engine replicas (one vLLM engine each) of cluster up.")
+    ray_solver_replicas: int = Field(
+        1, ge=1, description="ray: solver replicas (the HTTP app, each with its own sandbox pool) of cluster up."
+    )
+    ray_engine_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="ray: GPUs each engine replica of cluster up holds (set it to tensor_parallel_size on GPU "
+        "hosts); 0: the engines run on CPU.",
+    )
 
     # Code execution
     executor: ExecutorKind = Field(

@@ -1,5 +1,5 @@
-"""`sctir serve | solve | eval | demo | train`: run the HTTP service, solve one problem, evaluate on a set,
-build the offline demo model, or run a training stage."""
+"""`sctir serve | cluster | solve | eval | demo | train`: run the HTTP service (on this machine, or on Ray Serve),
+solve one problem, evaluate on a set, build the offline demo model, or run a training stage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from service import exitcodes
-from service.cli import demo, serve, solve, train
+from service.cli import cluster, demo, serve, solve, train
 from service.cli import eval as evaluate
 from service.cli.errors import CliError
 from service.engines.lifetime import adopt_children, die_with_parent_if_spawned
@@ -29,8 +29,9 @@ serve its own records and the warnings of other libraries that matter (--log-lev
 solve shows its progress on stderr when stderr is a terminal; with --json, stdout is the response alone.
 """
 
-# Each runs with the rest of the command line (serve: the settings' flags) and returns its exit code.
-COMMANDS = {"serve": serve.run, "solve": solve.run, "eval": evaluate.run}
+# Each runs with the rest of the command line (serve, cluster: the settings' flags) and returns its exit code.
+COMMANDS = {"serve": serve.run, "cluster": cluster.run, "solve": solve.run, "eval": evaluate.run}
+TAKE_SETTINGS_FLAGS = ("serve", "cluster")
 # training/'s programs: their flags, their errors and their exit are their own.
 TOOLS = {"demo": demo.run, "train": train.run}
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, demo, train, solve, evaluate):
+    for command in (serve, cluster, demo, train, solve, evaluate):
         command.add_parser(sub)
     return parser
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in TOOLS:
         TOOLS[args.command](rest)
         return
-    if rest and args.command != "serve":
+    if rest and args.command not in TAKE_SETTINGS_FLAGS:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     raise SystemExit(run(args, rest))
 

@@ -46,3 +46,14 @@ def build_app(
         max_ongoing_requests=settings.max_in_flight + settings.max_queue + SOLVER_SPARE_REQUESTS,
     ).options(**(solver_options or {}))
     return solver.bind(settings, engine.bind(settings))
+
+
+def build_from_args(args: dict[str, Any]) -> Application:
+    """A Serve config file's application (import_path service.cluster.app:build_from_args; deploy/ray/serve.yaml):
+    `args` are settings by name (model, num_samples, ray_affinity...) over SCTIR_* in the environment of the node
+    that builds it. The file's `deployments` section sets replicas, autoscaling and resources by name (ENGINE,
+    SOLVER). A name that is no setting is an error: ignored, a typo would silently deploy the default."""
+    unknown = sorted(set(args) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"not settings: {', '.join(unknown)} (sctir serve --help lists them)")
+    return build_app(Settings(**args))
