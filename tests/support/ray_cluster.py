@@ -68,16 +68,19 @@ class SimulatedCluster:
         return "\n".join(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in sorted(ports))
 
 
-def placed(replicas: int, slot: str, **options: Any) -> dict[str, Any]:
+def placed(replicas: int | None, slot: str, **options: Any) -> dict[str, Any]:
     """Deployment options putting each of `replicas` replicas on a worker's `slot` ("engine" or "solver"),
-    with vLLM's CPU settings in its environment; `options` override (e.g. autoscaling_config)."""
+    with vLLM's CPU settings in its environment; `options` add to them (None replicas: an autoscaling_config
+    in `options` decides)."""
     actor = {"num_cpus": 0, "resources": {slot: 1}, "runtime_env": {"env_vars": VLLM_CPU_ENV}}
-    return {"num_replicas": replicas, "ray_actor_options": actor} | options
+    count = {} if replicas is None else {"num_replicas": replicas}
+    return count | {"ray_actor_options": actor} | options
 
 
 @contextlib.contextmanager
-def simulated_cluster(workers: int = 2) -> Iterator[SimulatedCluster]:
-    """Head + `workers` worker nodes (one CPU each, one engine and one solver slot each), Serve started."""
+def simulated_cluster(workers: int = 2, env_vars: dict[str, str] | None = None) -> Iterator[SimulatedCluster]:
+    """Head + `workers` worker nodes (one CPU each, one engine and one solver slot each), Serve started;
+    `env_vars` in the environment of every Ray process (e.g. Serve's RAY_SERVE_* knobs)."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
     with contextlib.ExitStack() as cleanup, pytest.MonkeyPatch.context() as env:
         cleanup.callback(reset_auth_token_state)  # last, once the environment is restored: Ray forgets this token
@@ -86,7 +89,7 @@ def simulated_cluster(workers: int = 2) -> Iterator[SimulatedCluster]:
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         env.setenv("RAY_TMPDIR", temp)
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        for name, value in VLLM_CPU_ENV.items():
+        for name, value in (VLLM_CPU_ENV | (env_vars or {})).items():
             env.setenv(name, value)
         reset_auth_token_state()  # Ray read the authentication settings when it was imported: read them again
         nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
