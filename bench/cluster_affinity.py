@@ -211,7 +211,8 @@ def markdown(runs: list[Run], command: str, args: argparse.Namespace) -> str:
             f"both ways: {on.outcomes() == off.outcomes()}. With the demo model the gain is bounded: its steps are "
             "short (a few dozen tokens), so most of what a step can reuse is the problem's prompt, which either "
             "router soon has cached on both replicas; what only affinity keeps (a candidate's earlier steps) is a "
-            "block or two per step. With a real model's steps (hundreds of tokens) that part dominates.",
+            "block or two per step. A real model's steps run to hundreds of tokens, where that part is most of a "
+            "step's prompt (not measured here: no such model runs on this machine).",
             "<!-- bench/cluster_affinity.py: end -->",
         ]
     )

@@ -28,16 +28,18 @@ from bench.cluster_affinity import TIMEOUT_S, bench_settings, console, solve_all
 from bench.sandbox import write_section
 from training.synthetic import heldout_problems
 
-# Low thresholds so that a handful of problems on the demo model scale it: a replica's target is 4 steps in
-# flight (one problem has N at once), looked at over 5 s; up after 2 s over target, down after 15 s under it.
+# Low thresholds so that a handful of problems on the demo model scale it: a replica's target is 2 steps in
+# flight (one problem has up to N at once), averaged over 5 s; up after 2 s over target, down after 30 s under
+# it (the demo model's steps are short and its candidates wait on code execution, so the steps in flight dip
+# within a burst: a shorter delay scales down and up again in the middle of it).
 AUTOSCALING = {
     "min_replicas": 1,
     "initial_replicas": 1,
     "max_replicas": 2,
-    "target_ongoing_requests": 4,
+    "target_ongoing_requests": 2,
     "look_back_period_s": 5,
     "upscale_delay_s": 2,
-    "downscale_delay_s": 15,
+    "downscale_delay_s": 30,
 }
 PUSH_INTERVAL_S = "1"  # how often handles and replicas report ongoing requests to the controller (Serve: 10)
 SERVE_ENV = {
@@ -99,7 +101,8 @@ def engine_states() -> tuple[Counter[str], str]:
     from tests.support.ray_cluster import APP
 
     deployment = serve.status().applications[APP].deployments[ENGINE]
-    return Counter({state.value: n for state, n in deployment.replica_states.items()}), deployment.status.value
+    states = Counter({str(getattr(state, "value", state)): n for state, n in deployment.replica_states.items()})
+    return states, str(getattr(deployment.status, "value", deployment.status))
 
 
 async def burst(url: str, args: argparse.Namespace, timeline: Timeline, started: float) -> None:
@@ -199,7 +202,7 @@ def markdown(timeline: Timeline, command: str, args: argparse.Namespace) -> str:
             "",
             f"Timeline, every {args.every * args.sample_s:g} s (`#` running, `+` starting, `-` stopping):",
             "",
-            "| t (s) | engine replicas | | problems in flight |",
+            "| t (s) | engine replicas | states | problems in flight |",
             "| ---: | --- | --- | ---: |",
             *rows,
             "<!-- bench/cluster_autoscale.py: end -->",
