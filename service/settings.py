@@ -119,6 +119,12 @@ class Settings(BaseSettings, SolveParameters):
         "(unset: VLLM_CPU_KVCACHE_SPACE GiB, or vLLM's default).",
     )
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences run at once; unset: vLLM's default.")
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM: tokens per KV-cache block, the unit the prefix cache shares; unset: vLLM's default "
+        "(16 on GPU, 128 on CPU, where it must be a multiple of 32).",
+    )
     enable_chunked_prefill: bool | None = Field(
         None,
         description="vLLM: split long prompts across engine steps; unset: off on CPU (vLLM-CPU 0.32's engine "

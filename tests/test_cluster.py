@@ -11,10 +11,6 @@ and with an engine replica killed mid-problem every problem is still answered, t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,9 +23,8 @@ import pytest
 from service.api.app import create_app
 from service.settings import Settings
 from tests.support.docker import require_docker
-from tests.support.servers import free_port, serve_in_thread
+from tests.support.servers import serve_in_thread
 from tests.support.sse import read_stream
-from tests.support.tiny_model import VLLM_CPU_ENV
 from training.synthetic import EXAMPLES
 
 RAY_MISSING = "Ray Serve is not installed: pip install 'ray[serve]==2.60.0' (the cluster extra)"
@@ -37,16 +32,14 @@ pytest.importorskip("ray.serve", reason=RAY_MISSING, exc_type=ImportError)
 
 import ray  # noqa: E402  (after the skip: the module needs Ray)
 from ray import serve  # noqa: E402
-from ray._private.authentication_test_utils import reset_auth_token_state  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
-from service.cluster.app import ENGINE, SOLVER, build_app  # noqa: E402
+from service.cluster.app import ENGINE, build_app  # noqa: E402
 from service.cluster.engine import RayEngine  # noqa: E402
 from service.cluster.ledger import ProblemRecord  # noqa: E402
 from service.cluster.router import preferred_first  # noqa: E402
 from service.engines.base import SamplingParams, StepRequest  # noqa: E402
+from tests.support.ray_cluster import APP, SimulatedCluster, placed, simulated_cluster, wait_ready  # noqa: E402
 
-APP = "sctir"
 PROBLEMS = [example.problem for example in EXAMPLES]
 N = 8
 TIMEOUT_S = 600.0
@@ -80,7 +73,7 @@ def baseline(settings: Settings, vllm_cpu_env: None) -> list[dict[str, Any]]:
 
 @dataclass
 class RayCluster:
-    cluster: Cluster
+    cluster: SimulatedCluster
     url: str  # Serve's HTTP proxy
     engines: dict[str, ray.actor.ActorHandle]  # engine replica id -> its actor
 
@@ -88,59 +81,15 @@ class RayCluster:
         return serve.get_deployment_handle(ENGINE, APP)
 
     def ledgers(self) -> dict[str, ProblemRecord]:
-        """Every solver replica's ledger, merged (a handle call reaches one replica: call until both answered)."""
-        handle = serve.get_deployment_handle(SOLVER, APP)
-        seen: dict[str, dict[str, ProblemRecord]] = {}
-        for _ in range(100):
-            replica, ledger = handle.ledger.remote().result(timeout_s=60)
-            seen[replica] = ledger
-            if len(seen) == 2:
-                return {problem: record for ledger in seen.values() for problem, record in ledger.items()}
-        raise AssertionError(f"only solver replicas {sorted(seen)} answered")
+        return self.cluster.ledgers(solvers=2)
 
 
 @pytest.fixture(scope="module")
 def cluster(settings: Settings, baseline: list[dict[str, Any]]) -> Iterator[RayCluster]:
     """Head + two worker nodes; on each worker an engine replica and a solver replica."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
-    with contextlib.ExitStack() as cleanup, pytest.MonkeyPatch.context() as env:
-        cleanup.callback(reset_auth_token_state)  # last, once the environment is restored: Ray forgets this token
-        cleanup.callback(shutil.rmtree, temp, ignore_errors=True)
-        # Token auth on, with a token of this test's own (not one written under the home directory).
-        env.setenv("RAY_AUTH_MODE", "token")
-        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        env.setenv("RAY_TMPDIR", temp)
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        for name, value in VLLM_CPU_ENV.items():
-            env.setenv(name, value)
-        reset_auth_token_state()  # Ray read the authentication settings when it was imported: read them again
-        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        try:
-            for _ in range(2):
-                nodes.add_node(num_cpus=1, resources={"engine": 1, "solver": 1})
-            nodes.connect()
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-            app = build_app(
-                settings,
-                engine_options={
-                    "num_replicas": 2,
-                    "ray_actor_options": {
-                        "num_cpus": 0,
-                        "resources": {"engine": 1},
-                        "runtime_env": {"env_vars": VLLM_CPU_ENV},
-                    },
-                },
-                solver_options={"num_replicas": 2, "ray_actor_options": {"num_cpus": 0, "resources": {"solver": 1}}},
-            )
-            serve.run(app, name=APP, route_prefix="/")
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url)
-            yield RayCluster(nodes, url, engine_replicas(serve.get_deployment_handle(ENGINE, APP)))
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-            nodes.shutdown()
+    with simulated_cluster(workers=2) as nodes:
+        nodes.deploy(build_app(settings, engine_options=placed(2, "engine"), solver_options=placed(2, "solver")))
+        yield RayCluster(nodes, nodes.url, engine_replicas(serve.get_deployment_handle(ENGINE, APP)))
 
 
 def engine_replicas(handle: serve.handle.DeploymentHandle) -> dict[str, ray.actor.ActorHandle]:
@@ -162,18 +111,6 @@ def split_ids(prefix: str, replicas: list[str]) -> list[str]:
         key = next(k for k in range(1000) if preferred_first(f"{prefix}{index}-{k}", replicas, str)[0] == wanted)
         ids.append(f"{prefix}{index}-{key}")
     return ids
-
-
-def wait_ready(url: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} never became ready")
 
 
 async def solve_all(url: str, request_ids: list[str]) -> list[dict[str, Any]]:
@@ -270,10 +207,9 @@ def test_an_abort_reaches_the_replica_running_the_step(cluster: RayCluster) -> N
 
 def test_vllm_metrics_come_out_of_every_engine_replica(cluster: RayCluster, solved: Solved) -> None:
     """vLLM's own metrics, through Ray's metrics agents, one series per replica (the ReplicaId label)."""
-    ports = {node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]}
     deadline = time.monotonic() + 60
     while True:
-        text = "\n".join(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in ports)
+        text = cluster.cluster.metrics()
         reporting = {
             replica
             for replica in cluster.engines

@@ -104,6 +104,7 @@ def test_t4_defaults_leave_the_rest_to_vllm() -> None:
         "revision",
         "kv_cache_memory_bytes",
         "max_num_seqs",
+        "block_size",
         "enable_chunked_prefill",
         "attention_backend",
     }

@@ -70,6 +70,7 @@ class VllmOptions:
     seed: int = 0
     kv_cache_memory_bytes: int | None = None  # overrides gpu_memory_utilization; the CPU KV cache
     max_num_seqs: int | None = None
+    block_size: int | None = None  # None: vLLM's default for the platform (128 on CPU: short prompts never hit)
     # None: off on CPU (see CPU_CHUNKED_PREFILL), vLLM's default (on) elsewhere.
     enable_chunked_prefill: bool | None = None
     attention_backend: str | None = None  # e.g. "TRITON_ATTN"; None: vLLM picks for the hardware
@@ -97,6 +98,7 @@ class VllmOptions:
             "max_model_len": self.max_model_len,
             "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
             "max_num_seqs": self.max_num_seqs,
+            "block_size": self.block_size,
             "enable_chunked_prefill": self.enable_chunked_prefill,
             "attention_backend": self.attention_backend,
         }
