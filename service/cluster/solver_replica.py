@@ -1,6 +1,7 @@
 """A solver replica: the service's FastAPI app as Ray Serve's HTTP ingress, its engine the engine deployment.
 
-Built in the replica (not pickled from the driver): its own sandbox pool on its node, its own admission
+Built in the replica (not pickled from the driver): its settings resolved on its node (the local executor's
+concurrency and interpreter are this node's), its own sandbox pool on its node, its own admission
 (a full replica answers 429 as the single-box service does), and a RayEngine over the engine handle.
 """
 
@@ -13,14 +14,14 @@ from ray.serve.handle import DeploymentHandle
 from service.api.app import create_app
 from service.cluster.engine import RayEngine
 from service.cluster.ledger import ProblemRecord
-from service.settings import Settings
+from service.cluster.node_settings import Overrides, resolve
 
 
 class SolverReplica:
     """The solver deployment's replica class (service.cluster.app wraps it as Serve's ingress)."""
 
-    def __init__(self, settings: Settings, engine: DeploymentHandle) -> None:
-        self.settings = settings
+    def __init__(self, given: Overrides, engine: DeploymentHandle) -> None:
+        self.settings = settings = resolve(given)
         self.engine = RayEngine(
             engine,
             retries=settings.ray_step_retries,
