@@ -5,6 +5,7 @@ lot. And `down` aimed where no cluster runs fails within seconds, saying where i
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.exitcodes import ExitCode
 from tests.support.servers import free_port
@@ -83,6 +85,26 @@ def wait_ready(url: str, up: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"{url}/readyz never answered 200 within {START_TIMEOUT_S} s")
 
 
+def candidates_counted_by_ray(tmp_ray: Path, timeout_s: float = 60) -> set[float]:
+    """Per solver replica, the candidates it counted (sctir_candidates_total over statuses), as the node's Ray
+    metrics agent serves them: the targets deploy/ray/prometheus.yml scrapes, from the file Ray writes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found: dict[str, float] = {}
+        listings = tmp_ray.rglob("prom_metrics_service_discovery.json")  # the session's, and a link to it
+        groups = [group for listing in listings for group in json.loads(listing.read_text())]
+        targets = {target for group in groups for target in group["targets"]}
+        for target in targets:
+            for family in text_string_to_metric_families(httpx.get(f"http://{target}/metrics", timeout=10).text):
+                for sample in family.samples:
+                    if sample.name == "ray_sctir_candidates_total" and sample.labels.get("ReplicaId"):
+                        replica = sample.labels["ReplicaId"]
+                        found[replica] = found.get(replica, 0) + sample.value
+        if any(found.values()) or time.monotonic() > deadline:
+            return set(found.values())
+        time.sleep(2)
+
+
 @pytest.fixture
 def tmp_ray() -> Iterator[Path]:
     """Short (Ray's socket paths live under it), removed afterwards."""
@@ -110,9 +132,11 @@ def test_cluster_up_serves_through_serves_proxy_and_down_stops_everything(
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, up)
+        assert len(processes_of(marker)) > 3  # `up`, Ray's GCS, raylet, replicas...: what must all be gone later
         response = httpx.post(f"{url}/solve", json={"problem": PROBLEM.problem, "seed": 0}, timeout=120)
         assert response.status_code == 200, response.text
         assert response.json()["answer"] == str(PROBLEM.answer)
+        assert candidates_counted_by_ray(tmp_ray) == {4}  # one solver replica: N candidates, under its ReplicaId
 
         down = subprocess.run([*SCTIR, "down"], env=env, capture_output=True, text=True, timeout=STOP_TIMEOUT_S)
         assert down.returncode == ExitCode.OK, down.stderr

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import RayActorError
 
 from service.cluster.app import build_app
 from service.settings import Settings
@@ -95,9 +96,20 @@ def down(settings: Settings) -> bool:
     it was deployed there. A foreground `up` serving it then stops Ray and exits."""
     connect(settings.ray_address or "auto")
     try:
-        deployed = APP in serve.status().applications
-        if deployed:
-            serve.delete(APP)
-        return deployed
+        if APP not in applications():
+            return False
+        serve.delete(APP, _blocking=False)  # Serve's own wait fails if a foreground `up` stops Serve under it
+        while APP in applications():
+            time.sleep(POLL_S / 4)
+        return True
     finally:
         ray.shutdown()
+
+
+def applications() -> set[str]:
+    """The applications Serve runs; none once its controller is gone (a foreground `up` shuts Serve down as
+    soon as it sees its application deleted, while `down` may still be waiting for that)."""
+    try:
+        return set(serve.status().applications)
+    except RayActorError:
+        return set()
