@@ -85,24 +85,22 @@ def wait_ready(url: str, up: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"{url}/readyz never answered 200 within {START_TIMEOUT_S} s")
 
 
-def candidates_counted_by_ray(tmp_ray: Path, timeout_s: float = 60) -> set[float]:
-    """Per solver replica, the candidates it counted (sctir_candidates_total over statuses), as the node's Ray
-    metrics agent serves them: the targets deploy/ray/prometheus.yml scrapes, from the file Ray writes."""
+def per_replica(tmp_ray: Path, name: str, timeout_s: float = 60) -> dict[str, float]:
+    """Per solver replica (its ReplicaId), the sum of series `name` as the nodes' Ray metrics agents serve
+    them: the targets deploy/ray/prometheus.yml scrapes, from the file Ray writes. Waits for a non-zero sum."""
     deadline = time.monotonic() + timeout_s
     while True:
         found: dict[str, float] = {}
         listings = tmp_ray.rglob("prom_metrics_service_discovery.json")  # the session's, and a link to it
         groups = [group for listing in listings for group in json.loads(listing.read_text())]
-        targets = {target for group in groups for target in group["targets"]}
-        for target in targets:
+        for target in {target for group in groups for target in group["targets"]}:
             for family in text_string_to_metric_families(httpx.get(f"http://{target}/metrics", timeout=10).text):
                 for sample in family.samples:
-                    if sample.name == "ray_sctir_candidates_total" and sample.labels.get("ReplicaId"):
+                    if sample.name == name and sample.labels.get("ReplicaId"):
                         replica = sample.labels["ReplicaId"]
                         found[replica] = found.get(replica, 0) + sample.value
         if any(found.values()) or time.monotonic() > deadline:
-            return set(found.values())
-        time.sleep(2)
+            return found
 
 
 @pytest.fixture
@@ -136,7 +134,9 @@ def test_cluster_up_serves_through_serves_proxy_and_down_stops_everything(
         response = httpx.post(f"{url}/solve", json={"problem": PROBLEM.problem, "seed": 0}, timeout=120)
         assert response.status_code == 200, response.text
         assert response.json()["answer"] == str(PROBLEM.answer)
-        assert candidates_counted_by_ray(tmp_ray) == {4}  # one solver replica: N candidates, under its ReplicaId
+        counted = per_replica(tmp_ray, "ray_sctir_candidates_total")  # the solver replica's metrics, via Ray's
+        assert list(counted.values()) == [4]  # one solver replica: its N candidates, under its ReplicaId
+        assert per_replica(tmp_ray, "ray_sctir_engine_ready") == dict.fromkeys(counted, 1)
 
         down = subprocess.run([*SCTIR, "down"], env=env, capture_output=True, text=True, timeout=STOP_TIMEOUT_S)
         assert down.returncode == ExitCode.OK, down.stderr

@@ -9,39 +9,39 @@ holding their running totals: Prometheus' rate() and histogram_quantile() read t
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from fastapi import FastAPI
 from ray.util.metrics import Gauge
 
-PUBLISH_EVERY_S = 5.0  # well inside Ray's own export interval (10 s): a scrape is at most one interval behind
+from service.api.routes import engine_ready
+from service.api.state import Collaborators
+
+log = logging.getLogger(__name__)
+
+PUBLISH_EVERY_S = 5.0  # within Ray's own export interval (10 s): a scrape is at most one interval behind
 REPLICA_LABEL = "ReplicaId"  # the label vLLM's engine metrics carry too (vllm.v1.metrics.ray_wrappers)
-# Not mirrored: a sample's creation time is no count, and the engine gauge is set only when /metrics is read
-# (a replica's health is Serve's: its health checks and ray_serve_* metrics).
-SKIPPED = ("_created", "sctir_engine_ready")
 
 
 class RayMetricsMirror:
-    """Copies `registry`'s samples into Ray gauges tagged with `replica` until stopped (a daemon thread)."""
+    """Copies an app's sctir_* samples into Ray gauges tagged with `replica`."""
 
-    def __init__(self, registry: CollectorRegistry, replica: str) -> None:
-        self.registry = registry
+    def __init__(self, api: Collaborators, replica: str) -> None:
+        self.api = api
         self.replica = replica
         self.gauges: dict[str, Gauge] = {}
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="sctir-metrics-to-ray", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def publish(self) -> None:
-        """One copy of every sample but the SKIPPED."""
-        for family in self.registry.collect():
+    async def publish(self) -> None:
+        """One copy of every sample, the engine's readiness checked first as a scrape of /metrics does (a
+        sample's _created time is no count: left out)."""
+        self.api.metrics.engine_ready.set(await engine_ready(self.api))
+        for family in self.api.metrics.registry.collect():
             for sample in family.samples:
-                if sample.name.endswith(SKIPPED):
+                if sample.name.endswith("_created"):
                     continue
                 gauge = self.gauges.get(sample.name)
                 if gauge is None:
@@ -49,6 +49,28 @@ class RayMetricsMirror:
                     gauge = self.gauges[sample.name] = Gauge(sample.name, family.documentation, tag_keys=keys)
                 gauge.set(sample.value, tags={**sample.labels, REPLICA_LABEL: self.replica})
 
-    def _run(self) -> None:
-        while not self.stopped.wait(PUBLISH_EVERY_S):
-            self.publish()
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except Exception:  # a copy that failed is retried next time; the replica serves on regardless
+                log.warning("could not export the solver's metrics to Ray's", exc_info=True)
+            await asyncio.sleep(PUBLISH_EVERY_S)
+
+
+def mirrored(app: FastAPI, replica: str) -> FastAPI:
+    """`app`, its lifespan extended: while it serves, its metrics are copied to Ray's every few seconds."""
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
+    mirror = RayMetricsMirror(app.state.collaborators, replica)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            task = asyncio.create_task(mirror.run())
+            try:
+                yield state
+            finally:
+                task.cancel()
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -15,7 +15,7 @@ from service.api.app import create_app
 from service.cluster.engine import RayEngine
 from service.cluster.ledger import ProblemRecord
 from service.cluster.node_settings import Overrides, resolve
-from service.cluster.solver_metrics import RayMetricsMirror
+from service.cluster.solver_metrics import mirrored
 
 
 class SolverReplica:
@@ -33,18 +33,9 @@ class SolverReplica:
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve's hook for an ingress app built in the replica; Serve runs its lifespan (sandbox, engine). Its
         sctir_* metrics go out through Ray's, labelled with this replica (solver_metrics)."""
-        app = create_app(self.settings, engine=self.engine)
-        replica = serve.get_replica_context().replica_id.unique_id
-        self.metrics = RayMetricsMirror(app.state.collaborators.metrics.registry, replica)
-        self.metrics.start()
-        return app
+        return mirrored(create_app(self.settings, engine=self.engine), serve.get_replica_context().replica_id.unique_id)
 
     def ledger(self) -> tuple[str, dict[str, ProblemRecord]]:
         """This replica's id, and per problem it solved the engine replicas that served its steps and the
         steps retried (for operators, the affinity benchmark and tests)."""
         return serve.get_replica_context().replica_id.unique_id, self.engine.ledger.snapshot()
-
-    def __del__(self) -> None:
-        """Serve's shutdown of the replica: stop copying its metrics."""
-        if metrics := getattr(self, "metrics", None):
-            metrics.stop()
