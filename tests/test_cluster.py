@@ -4,8 +4,9 @@ Three nodes (ray.cluster_utils.Cluster): a head (Serve's controller and HTTP pro
 with one engine replica (vLLM on CPU, the demo model, which writes real code) and one solver replica (the
 service's app as Serve's ingress, with its own Docker sandbox pool). Eight problems with N=8 go through
 Serve's HTTP proxy and get the single-process service's answers for the same seeds; every step of a
-problem runs on one engine replica; a step is aborted in its replica; vLLM's metrics come out of Ray's;
-and with an engine replica killed mid-problem every problem is still answered, the same, its steps retried.
+problem runs on one engine replica; a step is aborted in its replica; vLLM's metrics and each solver
+replica's come out of Ray's; and with an engine replica killed mid-problem every problem is still answered,
+the same, its steps retried.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.app import create_app
 from service.settings import Settings
@@ -82,6 +84,9 @@ class RayCluster:
 
     def ledgers(self) -> dict[str, ProblemRecord]:
         return self.cluster.ledgers(solvers=2)
+
+    def solver_ledgers(self) -> dict[str, dict[str, ProblemRecord]]:
+        return self.cluster.solver_ledgers(solvers=2)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +227,28 @@ def test_vllm_metrics_come_out_of_every_engine_replica(cluster: RayCluster, solv
             break
         time.sleep(2)
     assert reporting == set(cluster.engines)
+
+
+def test_the_solvers_metrics_come_out_of_every_solver_replica(cluster: RayCluster, solved: Solved) -> None:
+    """The solver's sctir_* through Ray's metrics agents, per solver replica (ReplicaId): each counts the
+    candidates of the problems it solved, and only those (a scrape through Serve's proxy reads one replica)."""
+    expected = {replica: float(N * len(ledger)) for replica, ledger in cluster.solver_ledgers().items()}
+    ports = {node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]}
+    deadline = time.monotonic() + 60
+    while True:
+        counted: dict[str, float] = dict.fromkeys(expected, 0.0)
+        for port in ports:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "ray_sctir_candidates_total":
+                        replica = sample.labels["ReplicaId"]
+                        counted[replica] = counted.get(replica, 0.0) + sample.value
+        if counted == expected or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert counted == expected
+    assert sum(expected.values()) >= N * len(PROBLEMS)  # the solved problems' candidates (and any streamed since)
 
 
 def test_a_killed_engine_replica_costs_no_problem(

@@ -6,6 +6,7 @@ starts a real Ray cluster; nothing here can show a RayService running: README "S
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.cli.main import build_parser
+from service.cluster.node_settings import overrides
+from service.machine import DEMO_CONTEXT_TOKENS, choose
 from service.settings import Settings
 
 RAY_MISSING = "Ray Serve is not installed: pip install 'ray[serve]==2.60.0' (the cluster extra)"
@@ -65,14 +68,47 @@ def test_the_serve_config_builds_both_deployments_with_its_options() -> None:
     assert engine._deployment_config.request_router_config.get_request_router_class() is AffinityRouter
     assert solver._deployment_config.autoscaling_config.target_ongoing_requests == 2
     assert solver._replica_config.max_replicas_per_node == 1
-    (settings,) = {d.init_args[0].model_dump_json() for d in (engine, solver)}  # both replicas: one Settings
-    assert Settings.model_validate_json(settings).model == config["applications"][0]["args"]["model"]
+    given = engine.init_args[0]
+    assert solver.init_args[0] == given  # both deployments: the same settings, resolved on each replica's node
+    assert given["model"] == config["applications"][0]["args"]["model"]
+    assert given["num_samples"] == config["applications"][0]["args"]["num_samples"]
     assert config["applications"][0]["name"] == APP
 
 
 def test_a_serve_config_arg_that_is_no_setting_fails_the_build() -> None:
     with pytest.raises(ValueError, match="num_sample"):
         build_from_args({"model": "m", "num_sample": 8})
+
+
+# A node other than the builder: a fresh interpreter (as a Ray worker is) that sees 7 CPUs, runs another
+# Python, and has SCTIR_* of its own in its environment.
+OTHER_NODE = """
+import os, pickle, sys
+os.cpu_count = lambda: 7
+sys.executable = "/opt/node/bin/python"
+from service.cluster.node_settings import resolve
+print(resolve(pickle.loads(sys.stdin.buffer.read())).model_dump_json())
+"""
+
+
+def test_a_replica_resolves_the_node_dependent_settings_on_its_own_node(demo_model: Path) -> None:
+    built = Settings(model=str(demo_model), num_samples=4, executor="local")
+    given = overrides(built)
+    assert {"execution_concurrency", "python", "kv_cache_memory_bytes"}.isdisjoint(given)  # the builder's: not sent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCTIR_NUM_SAMPLES": "9", "SCTIR_SANDBOX_POOL_NAME": "node-pool"}
+    node = subprocess.run(
+        [sys.executable, "-c", OTHER_NODE], input=pickle.dumps(given), env=env, capture_output=True, check=True
+    )
+    resolved = Settings.model_validate_json(node.stdout)
+    assert (resolved.execution_concurrency, resolved.python) == (7, "/opt/node/bin/python")  # the node's own
+    assert resolved.num_samples == 4  # what was set at the build wins over the node's environment...
+    assert resolved.sandbox_pool_name == "node-pool"  # ...which fills what was not set
+    assert (resolved.model, resolved.engine, resolved.executor) == (str(demo_model), "vllm", "local")
+    assert resolved.kv_cache_memory_bytes and resolved.max_model_len == DEMO_CONTEXT_TOKENS  # the demo's, resolved
+
+
+def test_the_replicas_serve_the_model_chosen_where_the_app_is_built() -> None:
+    assert overrides(Settings())["model"] == choose(Settings(engine="vllm")).model  # not each replica's own pick
 
 
 def test_cluster_up_options_come_from_the_settings() -> None:

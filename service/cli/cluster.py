@@ -57,8 +57,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     try:
         launch.up(settings, started=started, stopping=stop.is_set)
-    except ConnectionError as error:
-        raise CliError(ExitCode.UNAVAILABLE, f"no Ray cluster at {settings.ray_address}: {error}") from error
+    except ConnectionError as error:  # it names the address and what to do (launch.connect)
+        raise CliError(ExitCode.UNAVAILABLE, str(error)) from error
     return ExitCode.INTERRUPTED if stop.is_set() else ExitCode.OK
 
 
@@ -66,8 +66,8 @@ def _down(launch: Any, settings: Any) -> int:
     where = settings.ray_address or "this machine"
     try:
         deployed = launch.down(settings)
-    except ConnectionError as error:
-        raise CliError(ExitCode.UNAVAILABLE, f"no Ray cluster at {where}: {error}") from error
+    except ConnectionError as error:  # it names the address and what to do (launch.connect)
+        raise CliError(ExitCode.UNAVAILABLE, str(error)) from error
     if not deployed:
         raise CliError(ExitCode.UNAVAILABLE, f"the service is not deployed on the Ray cluster at {where}")
     print(f"removed the service from the Ray cluster at {where}", file=sys.stderr)

@@ -14,10 +14,10 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from service.cluster.engine_replica import EngineReplica
+from service.cluster.node_settings import overrides
 from service.cluster.router import AffinityRouter
 from service.cluster.solver_replica import SolverReplica
-from service.machine import choose
-from service.settings import EngineKind, Settings
+from service.settings import Settings
 
 ENGINE = "Engine"
 SOLVER = "Solver"
@@ -32,8 +32,8 @@ SOLVER_SPARE_REQUESTS = 8
 def build_app(
     settings: Settings, *, engine_options: dict[str, Any] | None = None, solver_options: dict[str, Any] | None = None
 ) -> Application:
-    """The application: solver replicas (HTTP) over engine replicas, from `settings` (a vLLM engine's)."""
-    settings = choose(settings.model_copy(update={"engine": EngineKind.VLLM}))
+    """The application: solver replicas (HTTP) over engine replicas, from `settings` (a vLLM engine's). The
+    replicas get what was set and resolve the rest on their own nodes (service.cluster.node_settings)."""
     routing: dict[str, Any] = {}
     if settings.ray_affinity:
         routing["request_router_config"] = RequestRouterConfig(request_router_class=AffinityRouter)
@@ -45,7 +45,8 @@ def build_app(
         name=SOLVER,
         max_ongoing_requests=settings.max_in_flight + settings.max_queue + SOLVER_SPARE_REQUESTS,
     ).options(**(solver_options or {}))
-    return solver.bind(settings, engine.bind(settings))
+    given = overrides(settings)
+    return solver.bind(given, engine.bind(given))
 
 
 def build_from_args(args: dict[str, Any]) -> Application:

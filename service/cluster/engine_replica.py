@@ -16,19 +16,20 @@ from dataclasses import replace
 import ray
 from ray import serve
 
+from service.cluster.node_settings import Overrides, resolve
 from service.cluster.protocol import StepDone, StepFailed, StepItem
 from service.components import vllm_options
 from service.engines.base import EngineError, StepRequest, StepResult
 from service.engines.vllm_local import VllmEngine
-from service.settings import Settings
 
 
 class EngineReplica:
     """The engine deployment's replica class (service.cluster.app deploys it)."""
 
-    async def __init__(self, settings: Settings) -> None:
+    async def __init__(self, given: Overrides) -> None:
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
+        settings = resolve(given)  # on this node: e.g. the demo model's KV cache from this node's memory
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.engine = VllmEngine(
             vllm_options(settings),

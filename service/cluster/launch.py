@@ -9,12 +9,14 @@ file (deploy/ray/serve.yaml) is the other way in: the same application, its opti
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import RayActorError
 
 from service.cluster.app import build_app
 from service.settings import Settings
@@ -23,6 +25,30 @@ log = logging.getLogger(__name__)
 
 APP = "sctir"  # the Serve application's name, the same in deploy/ray/serve.yaml
 POLL_S = 2.0  # how often a foreground `up` looks whether its application is still deployed
+# How long the head's GCS port may take to accept a connection. ray.init itself waits for an absent GCS
+# for minutes, retrying quietly; a live head accepts at once.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address` (host:port of its head, or "auto": the one on this machine), failing
+    within seconds with a ConnectionError that names where it looked and what to do."""
+    todo = (
+        "start the cluster (`sctir cluster up` without SCTIR_RAY_ADDRESS, or `ray start --head` on its head), "
+        "or set SCTIR_RAY_ADDRESS to its head's host:port"
+    )
+    if address == "auto":
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"no Ray cluster runs on this machine ({error}): {todo}") from error
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise ConnectionError(f"no Ray head answers at {address} ({error}): {todo}") from error
+    ray.init(address=address, log_to_driver=False)
 
 
 def deployment_options(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,7 +73,7 @@ def up(settings: Settings, *, started: Callable[[str], None], stopping: Callable
     `started(address)` is told the Ray address once the application is running (a second `sctir cluster down`
     or `serve status` reaches the cluster there)."""
     if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
+        connect(settings.ray_address)
         try:
             deploy(settings)
             started(settings.ray_address)
@@ -68,11 +94,22 @@ def up(settings: Settings, *, started: Callable[[str], None], stopping: Callable
 def down(settings: Settings) -> bool:
     """Remove the application from the cluster at SCTIR_RAY_ADDRESS (unset: the one on this machine); whether
     it was deployed there. A foreground `up` serving it then stops Ray and exits."""
-    ray.init(address=settings.ray_address or "auto", log_to_driver=False)
+    connect(settings.ray_address or "auto")
     try:
-        deployed = APP in serve.status().applications
-        if deployed:
-            serve.delete(APP)
-        return deployed
+        if APP not in applications():
+            return False
+        serve.delete(APP, _blocking=False)  # Serve's own wait fails if a foreground `up` stops Serve under it
+        while APP in applications():
+            time.sleep(POLL_S / 4)
+        return True
     finally:
         ray.shutdown()
+
+
+def applications() -> set[str]:
+    """The applications Serve runs; none once its controller is gone (a foreground `up` shuts Serve down as
+    soon as it sees its application deleted, while `down` may still be waiting for that)."""
+    try:
+        return set(serve.status().applications)
+    except RayActorError:
+        return set()

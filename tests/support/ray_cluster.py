@@ -51,15 +51,20 @@ class SimulatedCluster:
         serve.delete(APP)
 
     def ledgers(self, solvers: int) -> dict[str, ProblemRecord]:
-        """Every solver replica's ledger (which engine replicas served each problem), merged: a handle call
-        reaches one replica, so call until all `solvers` answered."""
+        """Every solver replica's ledger (which engine replicas served each problem), merged."""
+        ledgers = self.solver_ledgers(solvers).values()
+        return {problem: record for ledger in ledgers for problem, record in ledger.items()}
+
+    def solver_ledgers(self, solvers: int) -> dict[str, dict[str, ProblemRecord]]:
+        """Each solver replica's ledger by its id: a handle call reaches one replica, so call until all
+        `solvers` answered."""
         handle = serve.get_deployment_handle(SOLVER, APP)
         seen: dict[str, dict[str, ProblemRecord]] = {}
         for _ in range(100 * solvers):
             replica, ledger = handle.ledger.remote().result(timeout_s=60)
             seen[replica] = ledger
             if len(seen) == solvers:
-                return {problem: record for ledger in seen.values() for problem, record in ledger.items()}
+                return seen
         raise AssertionError(f"only solver replicas {sorted(seen)} answered")
 
     def metrics(self) -> str:
